@@ -1,0 +1,166 @@
+"""Keras 3 (and tf.keras when it is Keras 3) adapter.
+
+Describes a Keras 3 model (canonical paths, identity hints, graph) and its
+optimizer (canonical slot names from the registry, global variables), and moves
+arrays in and out. Public functions mirror the core's API.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from optstate_format import _registry
+from optstate_format._errors import UnsupportedError
+
+from ._keras_base import KerasAdapter, dtype_name, generic_or
+
+import keras  # noqa: E402  (the converter is imported only when a Keras model is seen)
+from keras.src.models.functional import Functional
+
+try:  # optional pieces of newer Keras releases
+    from keras.src.optimizers.multi_optimizer import MultiOptimizer
+except ImportError:  # pragma: no cover
+    MultiOptimizer = ()
+
+
+class Keras3Adapter(KerasAdapter):
+    framework = "keras"
+    registry_key = "keras3"
+    auto_model_names = ("functional", "sequential", "model")
+
+    def is_layer(self, obj):
+        return isinstance(obj, keras.layers.Layer)
+
+    def is_variable(self, obj):
+        return isinstance(obj, keras.Variable)
+
+    def is_input_layer(self, layer):
+        return isinstance(layer, keras.layers.InputLayer)
+
+    def is_sequential(self, model):
+        return isinstance(model, keras.Sequential)
+
+    def is_functional(self, model):
+        return isinstance(model, Functional) and not isinstance(model, keras.Sequential)
+
+    def _is_subclassed_model(self, layer):
+        return isinstance(layer, keras.Model) and not self._is_model_with_graph(layer)
+
+    def history(self, tensor):
+        h = tensor._keras_history
+        return h.operation, h.node_index, h.tensor_index
+
+    def node_inputs(self, layer, node_index):
+        return list(layer._inbound_nodes[node_index].input_tensors)
+
+    def node_n_outputs(self, layer, node_index):
+        return len(layer._inbound_nodes[node_index].outputs)
+
+    def own_variables(self, layer):
+        seeds = {id(g.state) for g in getattr(layer, "_seed_generators", [])
+                 if getattr(g, "state", None) is not None}
+        own = list(getattr(layer, "_trainable_variables", [])) + list(
+            getattr(layer, "_non_trainable_variables", []))
+        return [v for v in own if id(v) not in seeds]
+
+    def _rng_ids(self, model):
+        ids = set()
+        for layer in model._flatten_layers(include_self=True):
+            for g in getattr(layer, "_seed_generators", []):
+                if getattr(g, "state", None) is not None:
+                    ids.add(id(g.state))
+        return ids
+
+    def describe_model(self, model):
+        rng = self._rng_ids(model)
+        return [(vi, h) for vi, h in super().describe_model(model) if id(vi.var) not in rng]
+
+    def var_name(self, var):
+        return var.name
+
+    def var_dtype(self, var):
+        return dtype_name(var.dtype)
+
+    def var_numpy(self, var):
+        return np.asarray(var.numpy())
+
+    def assign(self, var, value):
+        var.assign(value)
+
+    def framework_version(self):
+        return f"keras {keras.__version__} ({keras.backend.backend()} backend)"
+
+    def ensure_built(self, opt, model):
+        if not opt.built:
+            opt.build(model.trainable_variables)
+
+    def optimizer_parts(self, opt, model):
+        self.ensure_built(opt, model)
+        wrappers, globals_ = [], {}
+        while isinstance(opt, keras.optimizers.LossScaleOptimizer):
+            cfg = opt.get_config()
+            cfg.pop("inner_optimizer", None)
+            wrappers.append({"class_name": "LossScaleOptimizer", "config": self.data_only(cfg)})
+            globals_["loss_scale.dynamic_scale"] = opt.dynamic_scale
+            globals_["loss_scale.step_counter"] = opt.step_counter
+            opt = opt.inner_optimizer
+        if MultiOptimizer and isinstance(opt, MultiOptimizer):
+            raise UnsupportedError("MultiOptimizer is not supported by format 1.0 (one algorithm "
+                                   "per file); export each inner optimizer's model part.")
+        cls = type(opt).__name__
+        builtin = type(opt).__module__.startswith("keras.src.optimizers")
+        alg = generic_or(self.registry_key, cls, builtin)
+        attr_map = _registry.attr_to_slot(self.registry_key, alg if builtin else "")
+        tvars = list(opt._trainable_variables)
+        slots, fam_ids = {}, set()
+        for attr, lst in self.slot_families(opt, tvars).items():
+            sname = attr_map.get(attr) or self.global_name(attr)
+            for v, sv in zip(tvars, lst):
+                if sv is not None:
+                    slots.setdefault(id(v), {})[sname] = sv
+                    fam_ids.add(id(sv))
+        attr_of = {}
+        for attr, val in sorted(vars(opt).items()):
+            if self.is_variable(val):
+                attr_of.setdefault(id(val), attr)
+        for v in opt.variables:
+            if id(v) in fam_ids:
+                continue
+            name = self.global_name(attr_of.get(id(v), v.name))
+            base, k = name, 1
+            while name in globals_:
+                name, k = f"{base}_{k}", k + 1
+            globals_[name] = v
+        cfg = opt.get_config()
+        cfg.pop("learning_rate", None)
+        sched = opt._learning_rate
+        if isinstance(sched, keras.optimizers.schedules.LearningRateSchedule):
+            lr = {"kind": "schedule", "class_name": type(sched).__name__,
+                  "config": self.data_only(sched.get_config())}
+        elif self.is_variable(sched):
+            lr = {"kind": "constant", "value": float(np.asarray(sched.numpy()))}
+        else:
+            lr = {"kind": "callable", "repr": repr(sched)}
+        step = int(np.asarray(opt._iterations.numpy()))
+        return {"algorithm": alg, "class_name": cls, "module": type(opt).__module__,
+                "hyperparameters": self.data_only(cfg), "learning_rate": lr,
+                "wrappers": wrappers, "slots": slots, "globals": globals_, "step": step}
+
+
+_ADAPTER = Keras3Adapter()
+describe_model = _ADAPTER.describe_model
+extract_state = _ADAPTER.extract_state
+apply_state = _ADAPTER.apply_state
+
+
+def export_state(model, path, *, optimizer=None, include_weights=False, metadata=None):
+    """Write a Keras 3 model's optimizer state to ``path`` (see optstate_format.export_state)."""
+    return _ADAPTER.export_state(model, path, optimizer=optimizer,
+                                 include_weights=include_weights, metadata=metadata)
+
+
+def import_state(model, path, *, optimizer=None, strict=True, mapping=None,
+                 include_weights=False):
+    """Import ``path`` into a Keras 3 model (see optstate_format.import_state)."""
+    return _ADAPTER.import_state(model, path, optimizer=optimizer, strict=strict,
+                                 mapping=mapping, include_weights=include_weights)

@@ -1,0 +1,363 @@
+"""Matching what a file describes to what a model has (spec section 8), and import plans.
+
+The converters describe the live model and optimizer as a :class:`TargetState`;
+:func:`plan_import` pairs each file weight with a target weight by identity
+(never by position, never by shape alone), checks every slot, and returns the
+list of (handle, array) assignments to make. Nothing is assigned here: a plan
+that has problems raises :class:`MatchError` before anything is touched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import _dtypes
+from ._errors import MatchError
+
+SOURCES = ("mapping", "name", "structure")
+
+
+@dataclass
+class SlotTarget:
+    """One variable of the target (a slot, a global, or a model weight)."""
+
+    shape: tuple
+    dtype: str
+    handle: Any = None
+
+
+@dataclass
+class TargetWeight:
+    """A weight of the target model, with the slots its optimizer keeps for it."""
+
+    path: str
+    shape: tuple
+    dtype: str
+    trainable: bool
+    hints: dict = field(default_factory=dict)
+    slots: dict = field(default_factory=dict)
+    handle: Any = None
+
+
+@dataclass
+class TargetState:
+    """A framework-neutral description of a live model and its optimizer."""
+
+    algorithm: str
+    class_name: str
+    weights: list = field(default_factory=list)
+    globals: dict = field(default_factory=dict)
+    hyperparameters: dict = field(default_factory=dict)
+    learning_rate: dict = field(default_factory=dict)
+
+
+@dataclass
+class Problem:
+    code: str
+    path: str | None
+    message: str
+
+    def __str__(self):
+        where = f"{self.path}: " if self.path else ""
+        return f"{self.code} {where}{self.message}"
+
+
+@dataclass
+class ImportReport:
+    """What an import matched, and everything it could not.
+
+    ``matched`` lists (file path, model path, identity source); the other lists
+    hold canonical paths (``mismatched``/``conflicts`` hold :class:`Problem`).
+    """
+
+    matched: list = field(default_factory=list)
+    missing: list = field(default_factory=list)
+    unexpected: list = field(default_factory=list)
+    mismatched: list = field(default_factory=list)
+    conflicts: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+    assigned: int = 0
+
+    @property
+    def problems(self):
+        out = list(self.conflicts) + list(self.mismatched)
+        out += [Problem("E_MATCH_MISSING", p, "target weight has no state in the file")
+                for p in self.missing]
+        out += [Problem("E_MATCH_UNEXPECTED", p, "file entry matches no target weight")
+                for p in self.unexpected]
+        return out
+
+    @property
+    def ok(self):
+        return not self.problems
+
+    def __str__(self):
+        rows = [("file path", "model path", "by")] + [tuple(m) for m in self.matched]
+        w0 = max(len(r[0]) for r in rows)
+        w1 = max(len(r[1]) for r in rows)
+        lines = [f"{r[0]:<{w0}}  {r[1]:<{w1}}  {r[2]}" for r in rows]
+        lines.insert(1, f"{'-' * w0}  {'-' * w1}  {'-' * 9}")
+        lines.append(f"matched {len(self.matched)}, missing {len(self.missing)}, unexpected "
+                     f"{len(self.unexpected)}, mismatched {len(self.mismatched)}, conflicts "
+                     f"{len(self.conflicts)}; {self.assigned} variables assigned")
+        for p in self.problems:
+            lines.append(f"  ! {p}")
+        for n in self.notes:
+            lines.append(f"  note: {n}")
+        return "\n".join(lines)
+
+
+def _mapping_pairs(mapping, file_paths, target_paths, problems):
+    if mapping is None:
+        return {}
+    pairs = {}
+    if callable(mapping):
+        for fp in file_paths:
+            tp = mapping(fp)
+            if tp is not None:
+                pairs[fp] = tp
+    elif isinstance(mapping, dict):
+        pairs = dict(mapping)
+    else:
+        problems.append(Problem("E_MATCH_MAPPING", None, "mapping must be a dict of file path "
+                                f"-> model path or a callable; received {type(mapping).__name__}"))
+        return {}
+    out = {}
+    used = {}
+    for fp, tp in pairs.items():
+        if fp not in file_paths:
+            problems.append(Problem("E_MATCH_MAPPING", fp, f"mapping names file path {fp!r}, "
+                                    f"which the file does not contain"))
+        elif tp not in target_paths:
+            problems.append(Problem("E_MATCH_MAPPING", fp, f"mapping sends it to {tp!r}, which "
+                                    "the model does not have"))
+        elif tp in used:
+            problems.append(Problem("E_MATCH_MAPPING", fp, f"mapping sends it to {tp!r}, "
+                                    f"already the target of {used[tp]!r}"))
+        else:
+            used[tp] = fp
+            out[fp] = tp
+    return out
+
+
+def _index(items, hint):
+    index, dup = {}, set()
+    for it in items:
+        key = it.hints.get(hint)
+        if key is None:
+            continue
+        if key in index:
+            dup.add(key)
+        index[key] = it.path
+    return index, dup
+
+
+def match(file_weights, target_weights, mapping=None):
+    """Pair file weights with target weights by identity; return (pairs, report).
+
+    ``pairs`` maps file path -> (target path, source). Sources, strongest first:
+    the caller's ``mapping``; user-given names (hint ``name``); structural identity
+    (hint ``structural``). Auto-generated names are never used. When two sources
+    disagree, or one is ambiguous, the weights involved are reported as conflicts.
+    """
+    report = ImportReport()
+    fpaths = {w.path: w for w in file_weights}
+    tpaths = {w.path: w for w in target_weights}
+    problems = []
+    mapped = _mapping_pairs(mapping, fpaths, tpaths, problems)
+    report.conflicts.extend(problems)
+    pairs = {fp: (tp, "mapping") for fp, tp in mapped.items()}
+    taken = {tp: fp for fp, tp in mapped.items()}
+    indexes = {h: (_index(file_weights, h), _index(target_weights, h))
+               for h in ("name", "structural")}
+    claims = {}  # target path -> list of file paths claiming it
+    proposals = {}
+    for fw in file_weights:
+        if fw.path in pairs:
+            continue
+        found = {}
+        for hint, source in (("name", "name"), ("structural", "structure")):
+            (fidx, fdup), (tidx, tdup) = indexes[hint]
+            key = fw.hints.get(hint)
+            if key is None or key not in tidx:
+                continue
+            if key in fdup or key in tdup:
+                report.conflicts.append(Problem(
+                    "E_MATCH_AMBIGUOUS", fw.path,
+                    f"its {source} identity is shared by several weights "
+                    f"{'in the file' if key in fdup else 'in the model'}; pass mapping= to "
+                    "say which model weight it is"))
+                found = None
+                break
+            found[source] = tidx[key]
+        if not found:
+            continue
+        targets = set(found.values())
+        if len(targets) > 1:
+            report.conflicts.append(Problem(
+                "E_MATCH_CONFLICT", fw.path,
+                f"its name identifies model weight {found['name']!r} but its structure "
+                f"identifies {found['structure']!r}; pass mapping={{{fw.path!r}: <model path>}}"
+                " to decide"))
+            continue
+        tp = targets.pop()
+        if tp in taken:
+            report.notes.append(f"{fw.path!r} would match {tp!r}, which the mapping gives to "
+                                f"{taken[tp]!r}")
+            continue
+        source = "name" if "name" in found else "structure"
+        if "name" in found and "structure" in found:
+            source = "name+structure"
+        proposals[fw.path] = (tp, source)
+        claims.setdefault(tp, []).append(fw.path)
+    for tp, fps in claims.items():
+        if len(fps) > 1:
+            for fp in fps:
+                report.conflicts.append(Problem(
+                    "E_MATCH_CONFLICT", fp, f"it and {[p for p in fps if p != fp]} all identify"
+                    f" model weight {tp!r}; pass mapping= to decide"))
+            continue
+        pairs[fps[0]] = proposals[fps[0]]
+    return pairs, report
+
+
+def _convertible(src: str, dst: str) -> bool:
+    if src == dst:
+        return True
+    order = ["float16", "float32", "float64"]
+    if src in order and dst in order:
+        return order.index(src) <= order.index(dst)
+    if src == "bfloat16" and dst in ("float32", "float64"):
+        return True
+    return src.startswith(("int", "uint")) and dst.startswith(("int", "uint"))
+
+
+def _convert(arr, dst: str, where, problems):
+    """``arr`` as dtype ``dst`` if that is exact, else None with a problem recorded."""
+    src = _dtypes.name_of(arr.dtype) if not isinstance(arr.dtype, str) else arr.dtype
+    if src == "uint16" and dst == "bfloat16":
+        src = "bfloat16"
+    if not _convertible(src, dst):
+        problems.append(Problem("E_MATCH_DTYPE", where, f"file holds {src}, the target is "
+                                f"{dst}; converting would lose precision"))
+        return None
+    if src == dst:
+        return arr
+    if src == "bfloat16":
+        bf = np.asarray(arr).view(np.uint16).astype(np.uint32) << 16
+        return bf.view(np.float32).astype(dst)
+    out = np.asarray(arr).astype(_dtypes.storage_dtype(dst))
+    if src.startswith(("int", "uint")) and not np.array_equal(out.astype(arr.dtype), arr):
+        problems.append(Problem("E_MATCH_DTYPE", where, f"integer value does not fit {dst}"))
+        return None
+    return out
+
+
+def plan_import(state, target: TargetState, *, mapping=None, strict=True,
+                include_weights=False):
+    """Resolve ``state`` (from a file) against ``target``; return (report, assignments).
+
+    ``assignments`` is a list of (handle, numpy array) ready to assign; every
+    shape and dtype has been checked and every conversion done. Raises
+    :class:`MatchError` listing all problems at once when the import cannot be
+    made exactly (in strict mode, also when anything is missing or unused).
+    """
+    pairs, report = match(state.weights, target.weights, mapping)
+    fmap = {w.path: w for w in state.weights}
+    tmap = {w.path: w for w in target.weights}
+    problems = []
+    if state.optimizer.algorithm != target.algorithm:
+        problems.append(Problem(
+            "E_MATCH_ALGORITHM", None,
+            f"the file holds state of {state.optimizer.algorithm!r} "
+            f"({state.optimizer.class_name}), the target optimizer is {target.algorithm!r} "
+            f"({target.class_name}); state of one algorithm means nothing to another"))
+    assignments = []
+    matched_targets = set()
+    for fp, (tp, source) in sorted(pairs.items()):
+        fw, tw = fmap[fp], tmap[tp]
+        if tuple(fw.shape) != tuple(tw.shape):
+            report.mismatched.append(Problem(
+                "E_MATCH_SHAPE", fp, f"file weight has shape {list(fw.shape)}, model weight "
+                f"{tp!r} has shape {list(tw.shape)}"))
+            continue
+        report.matched.append((fp, tp, source))
+        matched_targets.add(tp)
+        for sname in sorted(set(fw.slots) | set(tw.slots)):
+            if sname not in tw.slots:
+                report.mismatched.append(Problem(
+                    "E_MATCH_SLOTS", fp, f"file has slot {sname!r}, which the target "
+                    f"optimizer does not keep for {tp!r} (different optimizer options?)"))
+                continue
+            if sname not in fw.slots:
+                report.mismatched.append(Problem(
+                    "E_MATCH_SLOTS", fp, f"target optimizer keeps slot {sname!r} for {tp!r}; "
+                    "the file has none (different optimizer options?)"))
+                continue
+            arr, st = fw.slots[sname], tw.slots[sname]
+            if tuple(arr.shape) != tuple(st.shape):
+                report.mismatched.append(Problem(
+                    "E_MATCH_SHAPE", fp, f"slot {sname!r} has shape {list(arr.shape)}, the "
+                    f"target's is {list(st.shape)}"))
+                continue
+            conv = _convert(arr, st.dtype, fp, report.mismatched)
+            if conv is not None:
+                assignments.append((st.handle, conv))
+        if include_weights:
+            if fw.value is None:
+                report.mismatched.append(Problem(
+                    "E_MATCH_NO_VALUE", fp, "include_weights=True but the file holds no value "
+                    "for this weight (export with include_weights=True)"))
+            else:
+                conv = _convert(fw.value, tw.dtype, fp, report.mismatched)
+                if conv is not None:
+                    assignments.append((tw.handle, conv))
+    matched_files = {fp for fp, (tp, _) in pairs.items() if tp in matched_targets}
+    for tw in target.weights:
+        if tw.path not in matched_targets and (tw.slots or include_weights):
+            report.missing.append(tw.path)
+            suggest = [f.path for f in state.weights if f.path not in matched_files
+                       and tuple(f.shape) == tuple(tw.shape)]
+            if suggest:
+                report.notes.append(f"{tw.path!r} is unmatched; unmatched file weights of the "
+                                    f"same shape: {suggest[:5]} (pass mapping= if one of them "
+                                    "is it)")
+    for fw in state.weights:
+        if fw.path not in matched_files and (fw.slots or include_weights):
+            report.unexpected.append(fw.path)
+    for name in sorted(set(state.globals) | set(target.globals)):
+        if name not in target.globals:
+            report.mismatched.append(Problem("E_MATCH_GLOBALS", None, f"file holds global "
+                                             f"{name!r}, which the target optimizer lacks"))
+            continue
+        if name not in state.globals:
+            report.mismatched.append(Problem("E_MATCH_GLOBALS", None, f"target optimizer has "
+                                             f"global {name!r}, which the file lacks"))
+            continue
+        arr, gt = state.globals[name], target.globals[name]
+        if tuple(arr.shape) != tuple(gt.shape):
+            report.mismatched.append(Problem("E_MATCH_SHAPE", None, f"global {name!r} has "
+                                             f"shape {list(arr.shape)}, target "
+                                             f"{list(gt.shape)}"))
+            continue
+        conv = _convert(arr, gt.dtype, f"global:{name}", report.mismatched)
+        if conv is not None:
+            assignments.append((gt.handle, conv))
+    for key in sorted(set(state.optimizer.hyperparameters) & set(target.hyperparameters)):
+        a, b = state.optimizer.hyperparameters[key], target.hyperparameters[key]
+        if a != b and key not in ("name",):
+            report.notes.append(f"hyperparameter {key!r}: file {a!r}, target {b!r} (target "
+                                "kept)")
+    report.conflicts.extend(problems)
+    fatal = list(report.conflicts)
+    if strict:
+        fatal = report.problems
+    if fatal:
+        raise MatchError(f"cannot import optimizer state: {len(fatal)} problem(s); nothing was "
+                         "assigned. Fix the model, pass mapping= for identities, or "
+                         "strict=False to import what matches.", problems=fatal, report=report)
+    report.assigned = len(assignments)
+    return report, assignments
