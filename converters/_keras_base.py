@@ -74,6 +74,9 @@ class KerasAdapter:
     def framework_version(self): raise NotImplementedError
     def optimizer_parts(self, opt, model): raise NotImplementedError
 
+    def producer_extra(self):
+        return {}
+
     # ---- shared ---------------------------------------------------------------------
     def var_shape(self, var):
         return tuple(int(d) for d in var.shape)
@@ -288,8 +291,8 @@ class KerasAdapter:
         return OptimizerState(
             optimizer=self.optimizer_info(opt, parts), step=parts["step"], weights=entries,
             globals={k: tensor(v) for k, v in parts["globals"].items()},
-            producer={"framework": self.framework, "framework_version":
-                      self.framework_version()},
+            producer={"framework": self.framework,
+                      "framework_version": self.framework_version(), **self.producer_extra()},
             metadata=dict(metadata or {}))
 
     def export_state(self, model, path, *, optimizer=None, include_weights=False,

@@ -88,7 +88,10 @@ class Keras3Adapter(KerasAdapter):
         var.assign(value)
 
     def framework_version(self):
-        return f"keras {keras.__version__} ({keras.backend.backend()} backend)"
+        return keras.__version__
+
+    def producer_extra(self):
+        return {"backend": keras.backend.backend()}
 
     def ensure_built(self, opt, model):
         if not opt.built:

@@ -1,0 +1,223 @@
+"""The ``optstate`` command: inspect, check, diff, demo.
+
+Exit codes: 0 success (valid / identical), 1 invalid file or differences, 2 usage
+or an error that stopped the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+
+import numpy as np
+
+from . import _dtypes
+from ._check import check
+from ._errors import OptStateError
+from ._io import read
+
+
+def _fmt_bytes(n):
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _nbytes(arr):
+    return int(math.prod(arr.shape)) * arr.dtype.itemsize
+
+
+def _summary(state):
+    """A JSON-able summary of a state (also the conformance vectors' expected output)."""
+    weights = []
+    for w in state.weights:
+        weights.append({
+            "path": w.path, "shape": list(w.shape), "dtype": w.dtype, "trainable": w.trainable,
+            "slots": {k: {"shape": list(v.shape), "dtype": _dtype_of(v)}
+                      for k, v in sorted(w.slots.items())},
+            "has_value": w.value is not None,
+            "hints": w.hints})
+    return {
+        "version": state.version, "producer": state.producer,
+        "optimizer": {"algorithm": state.optimizer.algorithm,
+                      "class_name": state.optimizer.class_name,
+                      "hyperparameters": state.optimizer.hyperparameters,
+                      "learning_rate": state.optimizer.learning_rate,
+                      "wrappers": state.optimizer.wrappers},
+        "step": state.step,
+        "globals": {k: {"shape": list(v.shape), "dtype": _dtype_of(v),
+                        "value": v.tolist() if v.size == 1 else None}
+                    for k, v in sorted(state.globals.items())},
+        "weights": weights, "metadata": state.metadata,
+    }
+
+
+def _dtype_of(arr):
+    try:
+        return _dtypes.name_of(arr.dtype)
+    except OptStateError:
+        return str(arr.dtype)
+
+
+def cmd_inspect(args):
+    state = read(args.file, verify=not args.no_verify)
+    summary = _summary(state)
+    if args.json:
+        print(json.dumps(summary, indent=2, sort_keys=True))
+        return 0
+    opt = state.optimizer
+    print(f"file          {args.file}")
+    print(f"format        optstate {state.version}")
+    prod = state.producer
+    print(f"producer      {prod.get('library', '?')} {prod.get('library_version', '')}; "
+          f"{prod.get('framework', '?')} {prod.get('framework_version', '')}")
+    print(f"optimizer     {opt.class_name} (algorithm {opt.algorithm})"
+          + "".join(f" in {w.get('class_name')}" for w in opt.wrappers))
+    print(f"learning rate {json.dumps(opt.learning_rate, sort_keys=True)}")
+    hp = ", ".join(f"{k}={v!r}" for k, v in sorted(opt.hyperparameters.items()) if v is not None)
+    print(f"hyperparams   {hp}")
+    print(f"step          {state.step}")
+    for k, v in sorted(state.globals.items()):
+        val = v.tolist() if v.size == 1 else f"{list(v.shape)}"
+        print(f"global        {k} = {val} ({_dtype_of(v)})")
+    rows = [("path", "shape", "dtype", "slots", "bytes")]
+    total = 0
+    for w in state.weights:
+        size = sum(_nbytes(a) for a in w.slots.values()) + (
+            _nbytes(w.value) if w.value is not None else 0)
+        total += size
+        slots = ",".join(sorted(w.slots)) + ("+value" if w.value is not None else "")
+        rows.append((w.path, "x".join(map(str, w.shape)) or "scalar", w.dtype, slots or "-",
+                     _fmt_bytes(size)))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    for i, r in enumerate(rows):
+        print("  ".join(c.ljust(widths[j]) for j, c in enumerate(r)).rstrip())
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+    print(f"{len(state.weights)} weights, {_fmt_bytes(total)} of tensors")
+    return 0
+
+
+def cmd_check(args):
+    rep = check(args.file)
+    if args.json:
+        print(json.dumps({"path": rep.path, "valid": rep.valid, "code": rep.code,
+                          "message": rep.message, "warnings": rep.warnings}, indent=2))
+    else:
+        print(rep)
+    return 0 if rep.valid else 1
+
+
+def _max_diff(a, b):
+    if a.shape != b.shape:
+        return None
+    if a.size == 0:
+        return 0.0
+    with np.errstate(all="ignore"):
+        d = np.abs(a.astype(np.float64) - b.astype(np.float64))
+        same_nan = np.isnan(a.astype(np.float64)) & np.isnan(b.astype(np.float64))
+        d = np.where(same_nan, 0.0, d)
+    return float(np.nanmax(d)) if d.size else 0.0
+
+
+def cmd_diff(args):
+    a, b = read(args.a), read(args.b)
+    lines, differ = [], 0
+    if a.optimizer.algorithm != b.optimizer.algorithm:
+        differ += 1
+        lines.append(f"optimizer: {a.optimizer.algorithm} vs {b.optimizer.algorithm}")
+    if a.step != b.step:
+        differ += 1
+        lines.append(f"step: {a.step} vs {b.step}")
+    for k in sorted(set(a.optimizer.hyperparameters) | set(b.optimizer.hyperparameters)):
+        va, vb = a.optimizer.hyperparameters.get(k), b.optimizer.hyperparameters.get(k)
+        if va != vb:
+            differ += 1
+            lines.append(f"hyperparameter {k}: {va!r} vs {vb!r}")
+    for k in sorted(set(a.globals) | set(b.globals)):
+        if k not in b.globals or k not in a.globals:
+            differ += 1
+            lines.append(f"global {k}: only in {'A' if k in a.globals else 'B'}")
+        elif not np.array_equal(a.globals[k], b.globals[k]):
+            differ += 1
+            lines.append(f"global {k}: {a.globals[k].tolist()} vs {b.globals[k].tolist()}")
+    wa, wb = {w.path: w for w in a.weights}, {w.path: w for w in b.weights}
+    same = 0
+    for p in sorted(set(wa) | set(wb)):
+        if p not in wb or p not in wa:
+            differ += 1
+            lines.append(f"{p}: only in {'A' if p in wa else 'B'}")
+            continue
+        x, y = wa[p], wb[p]
+        tensors = {f"slot {k}": (x.slots.get(k), y.slots.get(k))
+                   for k in set(x.slots) | set(y.slots)}
+        if x.value is not None or y.value is not None:
+            tensors["value"] = (x.value, y.value)
+        for name, (ta, tb) in sorted(tensors.items()):
+            if ta is None or tb is None:
+                differ += 1
+                lines.append(f"{p} {name}: only in {'A' if tb is None else 'B'}")
+            elif ta.shape != tb.shape or ta.dtype != tb.dtype:
+                differ += 1
+                lines.append(f"{p} {name}: {ta.dtype}{list(ta.shape)} vs "
+                             f"{tb.dtype}{list(tb.shape)}")
+            elif not np.array_equal(ta, tb, equal_nan=ta.dtype.kind == "f"):
+                differ += 1
+                lines.append(f"{p} {name}: max |A-B| = {_max_diff(ta, tb):.6g}")
+            else:
+                same += 1
+    for line in lines:
+        print(line)
+    print(f"{same} tensors equal, {differ} differences")
+    return 1 if differ else 0
+
+
+def cmd_demo(args):
+    try:
+        from .demo import run
+    except ImportError as e:  # pragma: no cover - depends on installed extras
+        print(f"the demo needs the Keras extra: pip install 'optstate-format[keras]' ({e})",
+              file=sys.stderr)
+        return 2
+    return run(args.out)
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="optstate", description="Inspect, check and compare "
+                                "optstate files (portable optimizer state).")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("inspect", help="print a readable summary of a file")
+    s.add_argument("file")
+    s.add_argument("--json", action="store_true", help="machine-readable summary")
+    s.add_argument("--no-verify", action="store_true", help="skip tensor checksums")
+    s.set_defaults(func=cmd_inspect)
+    s = sub.add_parser("check", help="validate a file against the spec (exit 0 valid, 1 not)")
+    s.add_argument("file")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_check)
+    s = sub.add_parser("diff", help="compare two files (exit 0 identical, 1 different)")
+    s.add_argument("a")
+    s.add_argument("b")
+    s.set_defaults(func=cmd_diff)
+    s = sub.add_parser("demo", help="the seed case end to end (needs the keras extra)")
+    s.add_argument("--out", default="demo-out", help="folder for the demo's files")
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except OptStateError as e:
+        print(f"optstate {args.command}: {e}", file=sys.stderr)
+        return 1 if args.command in ("check", "diff", "inspect") else 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
