@@ -68,3 +68,35 @@ def check(path) -> CheckReport:
         rep.warnings.append(f"file version {state.version} is newer than this reader "
                             f"({CURRENT_VERSION[0]}.{CURRENT_VERSION[1]}); unknown fields ignored")
     return rep
+
+
+def summarize(state):
+    """A JSON-able summary of a state (also the conformance vectors' expected output)."""
+    weights = []
+    for w in state.weights:
+        weights.append({
+            "path": w.path, "shape": list(w.shape), "dtype": w.dtype, "trainable": w.trainable,
+            "slots": {k: {"shape": list(v.shape), "dtype": dtype_of(v)}
+                      for k, v in sorted(w.slots.items())},
+            "has_value": w.value is not None,
+            "hints": w.hints})
+    return {
+        "version": state.version, "producer": state.producer,
+        "optimizer": {"algorithm": state.optimizer.algorithm,
+                      "class_name": state.optimizer.class_name,
+                      "hyperparameters": state.optimizer.hyperparameters,
+                      "learning_rate": state.optimizer.learning_rate,
+                      "wrappers": state.optimizer.wrappers},
+        "step": state.step,
+        "globals": {k: {"shape": list(v.shape), "dtype": dtype_of(v),
+                        "value": v.tolist() if v.size == 1 else None}
+                    for k, v in sorted(state.globals.items())},
+        "weights": weights, "metadata": state.metadata,
+    }
+
+
+def dtype_of(arr):
+    try:
+        return _dtypes.name_of(arr.dtype)
+    except OptStateError:
+        return str(arr.dtype)

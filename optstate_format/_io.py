@@ -275,7 +275,8 @@ class _Container:
                       "E_HEADER_BOUNDS")
             if 8 + n > size:
                 _fail(f"container header declares {n} bytes but the file has only {size - 8} "
-                      "after the length field: the file is truncated.", "E_TRUNCATED")
+                      "after the length field: truncated, or not an optstate file.",
+                      "E_HEADER_BOUNDS")
             raw = f.read(n)
             self.data_start = 8 + n
             self.data_len = size - 8 - n
@@ -419,7 +420,8 @@ def _decode_doc(cont: _Container):
         doc = msgpack.unpackb(bytes(raw), raw=False, strict_map_key=True, use_list=True,
                               ext_hook=_ext_refused)
     except Exception as e:  # msgpack raises several unrelated types on bad input
-        _fail(f"header document is not valid msgpack ({type(e).__name__}: {str(e)[:100]}).",
+        _fail(f"header document is not valid msgpack ({type(e).__name__}: "
+              f"{str(e)[:100] or 'undecodable bytes'}).",
               "E_HEADER_DECODE")
     if not isinstance(doc, dict):
         _fail("header document must be a map.", "E_SCHEMA")

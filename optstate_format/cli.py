@@ -13,8 +13,7 @@ import sys
 
 import numpy as np
 
-from . import _dtypes
-from ._check import check
+from ._check import check, dtype_of as _dtype_of, summarize as _summary
 from ._errors import OptStateError
 from ._io import read
 
@@ -29,38 +28,6 @@ def _fmt_bytes(n):
 
 def _nbytes(arr):
     return int(math.prod(arr.shape)) * arr.dtype.itemsize
-
-
-def _summary(state):
-    """A JSON-able summary of a state (also the conformance vectors' expected output)."""
-    weights = []
-    for w in state.weights:
-        weights.append({
-            "path": w.path, "shape": list(w.shape), "dtype": w.dtype, "trainable": w.trainable,
-            "slots": {k: {"shape": list(v.shape), "dtype": _dtype_of(v)}
-                      for k, v in sorted(w.slots.items())},
-            "has_value": w.value is not None,
-            "hints": w.hints})
-    return {
-        "version": state.version, "producer": state.producer,
-        "optimizer": {"algorithm": state.optimizer.algorithm,
-                      "class_name": state.optimizer.class_name,
-                      "hyperparameters": state.optimizer.hyperparameters,
-                      "learning_rate": state.optimizer.learning_rate,
-                      "wrappers": state.optimizer.wrappers},
-        "step": state.step,
-        "globals": {k: {"shape": list(v.shape), "dtype": _dtype_of(v),
-                        "value": v.tolist() if v.size == 1 else None}
-                    for k, v in sorted(state.globals.items())},
-        "weights": weights, "metadata": state.metadata,
-    }
-
-
-def _dtype_of(arr):
-    try:
-        return _dtypes.name_of(arr.dtype)
-    except OptStateError:
-        return str(arr.dtype)
 
 
 def cmd_inspect(args):
