@@ -1,0 +1,65 @@
+"""The committed conformance vectors are current, and the reader treats each as specified."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import msgpack
+import pytest
+
+import optstate_format as osf
+from optstate_format._check import summarize
+
+SPEC = Path(__file__).resolve().parent.parent / "spec"
+VALID = sorted((SPEC / "conformance" / "valid").glob("*.optstate"))
+INVALID = sorted((SPEC / "conformance" / "invalid").glob("*.optstate"))
+SCHEMA = json.loads((SPEC / "schema" / "header-1.schema.json").read_text())
+
+
+def _doc(path):
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    table = json.loads(raw[8:8 + n])
+    s, e = table["optstate:header"]["data_offsets"]
+    return msgpack.unpackb(raw[8 + n + s:8 + n + e], raw=False)
+
+
+def test_there_are_enough_vectors():
+    assert len(VALID) >= 4 and len(INVALID) >= 8
+
+
+def test_committed_vectors_are_what_the_generator_produces():
+    out = subprocess.run([sys.executable, str(SPEC / "generate.py"), "--check"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("path", VALID, ids=lambda p: p.stem)
+def test_valid_vector_reads_to_its_expected_summary(path):
+    expected = json.loads(path.with_suffix(".expected.json").read_text())
+    assert json.loads(json.dumps(summarize(osf.read(path)))) == expected
+    assert osf.check(path).valid
+
+
+@pytest.mark.parametrize("path", VALID, ids=lambda p: p.stem)
+def test_valid_vector_header_satisfies_the_json_schema(path):
+    jsonschema.validate(_doc(path), SCHEMA)
+
+
+@pytest.mark.parametrize("path", INVALID, ids=lambda p: p.stem)
+def test_invalid_vector_is_refused_with_its_code(path):
+    expected = json.loads(path.with_suffix(".expected.json").read_text())
+    with pytest.raises(osf.OptStateError) as e:
+        osf.read(path)
+    assert e.value.code == expected["code"]
+    assert type(e.value).__name__ == expected["error"]
+    rep = osf.check(path)
+    assert not rep.valid and rep.code == expected["code"]
+
+
+@pytest.mark.parametrize("name", ["missing_required_field", "path_with_colon_suffix"])
+def test_schema_refuses_what_the_reader_refuses_in_the_header(name):
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(_doc(SPEC / "conformance" / "invalid" / f"{name}.optstate"), SCHEMA)
