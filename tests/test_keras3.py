@@ -1,0 +1,406 @@
+"""Keras 3 converter: state lands on the weight with the same role, for every optimizer."""
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+import optstate_format as osf  # noqa: E402
+from optstate_format.converters import keras3 as conv  # noqa: E402
+
+from keras_models import Subclassed, seed_model, small_model, two_branch  # noqa: E402
+
+pytestmark = pytest.mark.framework
+
+ADAM_ATTRS = ("_momentums", "_velocities")
+
+
+def train(model, steps=2, seed=0):
+    rng = np.random.default_rng(seed)
+    shape = tuple(model.inputs[0].shape)
+    batch = shape[0] or 8
+    for _ in range(steps):
+        x = rng.standard_normal((batch,) + shape[1:]).astype("float32")
+        y = rng.standard_normal((batch,) + tuple(model.outputs[0].shape[1:])).astype("float32")
+        model.train_on_batch(x, y)
+
+
+def slots_of(model, layer, attrs=ADAM_ATTRS):
+    """Keras's own per-variable index -> {weight name: {attr: array}}: the oracle."""
+    opt = model.optimizer
+    out = {}
+    for v in layer.trainable_weights:
+        i = opt._get_variable_index(v)
+        out[v.name] = {a: np.array(getattr(opt, a)[i].numpy()) for a in attrs}
+    return out
+
+
+def opt_values(model):
+    return [np.array(v.numpy()) for v in model.optimizer.variables]
+
+
+def assert_roles_equal(src, src_roles, dst, dst_roles, attrs=ADAM_ATTRS):
+    n = 0
+    for role, layer in src_roles.items():
+        a, b = slots_of(src, layer, attrs), slots_of(dst, dst_roles[role], attrs)
+        assert a.keys() == b.keys()
+        for w in a:
+            for attr in attrs:
+                np.testing.assert_array_equal(b[w][attr], a[w][attr],
+                                              err_msg=f"{role}/{w} {attr}")
+                n += 1
+    return n
+
+
+# ---- scenario 1: the seed case -------------------------------------------------------
+
+def test_seed_case_every_slot_of_b_equals_a_slot_of_the_same_role(tmp_path):
+    a, ra = seed_model((32, 240, 4))
+    b, rb = seed_model((32, 250, 4))
+    train(a, 3)
+    assert [type(x).__name__ for x in b.layers] != [type(x).__name__ for x in a.layers]
+    path = osf.export_state(a, tmp_path / "a.optstate")
+    report = osf.import_state(b, path)
+    assert len(report.matched) == 10 and report.ok
+    assert assert_roles_equal(a, ra, b, rb) == 20
+    assert int(b.optimizer.iterations.numpy()) == 3
+
+
+def test_seed_case_the_native_order_based_load_fails():
+    a, _ = seed_model((32, 240, 4))
+    b, _ = seed_model((32, 250, 4))
+    train(a, 1)
+    b.optimizer.build(b.trainable_variables)
+    store = {}
+    a.optimizer.save_own_variables(store)
+    with pytest.raises(ValueError):
+        b.optimizer.load_own_variables(store)
+
+
+# ---- scenario 2: equal shapes ----------------------------------------------------------
+
+def test_equal_shape_branches_land_on_their_roles_where_native_load_swaps(tmp_path):
+    a, ra = two_branch()
+    train(a, 2)
+    path = osf.export_state(a, tmp_path / "a.optstate")
+
+    native, rn = two_branch(insert_activation=True, b_first=True, branch="b")
+    native.optimizer.build(native.trainable_variables)
+    store = {}
+    a.optimizer.save_own_variables(store)
+    native.optimizer.load_own_variables(store)  # "succeeds"...
+    swapped = any(not np.array_equal(slots_of(native, rn[r])["kernel"]["_momentums"],
+                                     slots_of(a, ra[r])["kernel"]["_momentums"])
+                  for r in ("a1", "b1", "a2", "b2"))
+    assert swapped, "native order-based load was expected to misplace slots here"
+
+    b, rb = two_branch(insert_activation=True, b_first=True, branch="b")
+    osf.import_state(b, path)
+    assert assert_roles_equal(a, ra, b, rb) == 20
+
+
+# ---- scenario 3: a real mismatch -----------------------------------------------------
+
+def test_changed_units_is_a_match_error_naming_the_weight_and_nothing_changes(tmp_path):
+    a, _ = small_model("adam")
+    train(a, 2)
+    path = osf.export_state(a, tmp_path / "a.optstate")
+    import keras as k
+    ipt = k.Input((8, 3))
+    x = k.layers.Conv1D(4, 3)(ipt)
+    x = k.layers.BatchNormalization()(x)
+    out = k.layers.Dense(3)(k.layers.Flatten()(x))  # 3 units instead of 2
+    b = k.Model(ipt, out)
+    b.compile("adam", "mse")
+    train(b, 1, seed=5)
+    before = opt_values(b)
+    weights_before = [w.copy() for w in b.get_weights()]
+    with pytest.raises(osf.MatchError) as e:
+        osf.import_state(b, path, include_weights=True)
+    msg = str(e.value)
+    assert "dense" in msg and "kernel" in msg and "E_MATCH_SHAPE" in msg
+    for x, y in zip(before, opt_values(b)):
+        np.testing.assert_array_equal(x, y)
+    for x, y in zip(weights_before, b.get_weights()):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_failure_injected_during_assignment_rolls_everything_back(tmp_path, monkeypatch):
+    a, _ = small_model("adam")
+    train(a, 2)
+    path = osf.export_state(a, tmp_path / "a.optstate", include_weights=True)
+    b, _ = small_model("adam")
+    train(b, 1, seed=3)
+    before, wbefore = opt_values(b), [w.copy() for w in b.get_weights()]
+    calls = {"n": 0}
+    real = conv._ADAPTER.assign
+
+    def flaky(var, value):
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise RuntimeError("device went away")
+        real(var, value)
+
+    monkeypatch.setattr(conv._ADAPTER, "assign", flaky)
+    with pytest.raises(osf.OptStateError) as e:
+        osf.import_state(b, path, include_weights=True)
+    assert e.value.code == "E_ASSIGN" and calls["n"] > 7
+    for x, y in zip(before, opt_values(b)):
+        np.testing.assert_array_equal(x, y)
+    for x, y in zip(wbefore, b.get_weights()):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_corrupt_file_changes_nothing(tmp_path):
+    a, _ = small_model("adam")
+    train(a, 1)
+    path = osf.export_state(a, tmp_path / "a.optstate")
+    raw = bytearray(path.read_bytes())
+    raw[-200] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    b, _ = small_model("adam")
+    train(b, 1, seed=2)
+    before = opt_values(b)
+    with pytest.raises((osf.IntegrityError, osf.FormatError)):
+        osf.import_state(b, path)
+    for x, y in zip(before, opt_values(b)):
+        np.testing.assert_array_equal(x, y)
+
+
+# ---- scenario 5: every optimizer -----------------------------------------------------
+
+def _optimizers():
+    O = keras.optimizers
+    sched = O.schedules.ExponentialDecay(0.01, decay_steps=3, decay_rate=0.5)
+    cases = {
+        "sgd": lambda: O.SGD(0.01),
+        "sgd_momentum_nesterov": lambda: O.SGD(0.01, momentum=0.9, nesterov=True),
+        "rmsprop_centered_momentum": lambda: O.RMSprop(0.01, momentum=0.5, centered=True),
+        "adam": lambda: O.Adam(0.01),
+        "adam_amsgrad": lambda: O.Adam(0.01, amsgrad=True),
+        "adamw": lambda: O.AdamW(0.01),
+        "adadelta": lambda: O.Adadelta(0.5),
+        "adagrad": lambda: O.Adagrad(0.05),
+        "adamax": lambda: O.Adamax(0.01),
+        "adafactor": lambda: O.Adafactor(0.01),
+        "nadam": lambda: O.Nadam(0.01),
+        "ftrl": lambda: O.Ftrl(0.05),
+        "lion": lambda: O.Lion(0.001),
+        "lamb": lambda: O.Lamb(0.01),
+        "loss_scale_adam": lambda: O.LossScaleOptimizer(O.Adam(0.01)),
+        "adam_ema": lambda: O.Adam(0.01, use_ema=True, ema_overwrite_frequency=None),
+        "adam_grad_accum": lambda: O.Adam(0.01, gradient_accumulation_steps=2),
+        "sgd_schedule": lambda: O.SGD(sched, momentum=0.9),
+    }
+    if hasattr(O, "Muon"):
+        cases["muon"] = lambda: O.Muon(0.01)
+    if hasattr(O, "ScheduleFreeAdamW"):
+        cases["schedule_free_adamw"] = lambda: O.ScheduleFreeAdamW(0.01)
+    return cases
+
+
+OPTIMIZERS = _optimizers()
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_every_optimizer_roundtrips_and_the_next_step_is_identical(name, tmp_path):
+    keras.utils.set_random_seed(1)
+    a, _ = small_model(OPTIMIZERS[name]())
+    train(a, 3)
+    path = osf.export_state(a, tmp_path / f"{name}.optstate")
+    b, _ = small_model(OPTIMIZERS[name]())
+    b.set_weights(a.get_weights())
+    report = osf.import_state(b, path)
+    assert report.ok
+    va, vb = opt_values(a), opt_values(b)
+    assert len(va) == len(vb) and len(va) > 0
+    for x, y in zip(va, vb):
+        np.testing.assert_array_equal(x, y)
+    train(a, 1, seed=42)
+    train(b, 1, seed=42)
+    for x, y in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_array_equal(x, y)
+    state = osf.read(path)
+    assert state.step == 3 or name == "adam_grad_accum"
+    if name != "sgd":
+        assert all(w.slots for w in state.weights)
+
+
+def test_schedule_is_recorded_as_data():
+    sched = keras.optimizers.schedules.ExponentialDecay(0.01, decay_steps=3, decay_rate=0.5)
+    a, _ = small_model(keras.optimizers.SGD(sched))
+    state = conv.extract_state(a)
+    lr = state.optimizer.learning_rate
+    assert lr["kind"] == "schedule" and lr["class_name"] == "ExponentialDecay"
+    assert lr["config"]["decay_steps"] == 3
+
+
+def test_algorithm_mismatch_is_refused(tmp_path):
+    a, _ = small_model("adam")
+    train(a, 1)
+    path = osf.export_state(a, tmp_path / "a.optstate")
+    b, _ = small_model("sgd")
+    with pytest.raises(osf.MatchError) as e:
+        osf.import_state(b, path)
+    assert "E_MATCH_ALGORITHM" in str(e.value)
+
+
+def test_custom_optimizer_roundtrips_through_the_generic_form(tmp_path):
+    class TraceSGD(keras.optimizers.Optimizer):
+        def __init__(self, learning_rate=0.01, decay=0.5, **kw):
+            super().__init__(learning_rate=learning_rate, **kw)
+            self.decay = decay
+
+        def build(self, var_list):
+            if self.built:
+                return
+            super().build(var_list)
+            self._traces = [self.add_variable_from_reference(v, "trace") for v in var_list]
+
+        def update_step(self, gradient, variable, learning_rate):
+            t = self._traces[self._get_variable_index(variable)]
+            self.assign(t, self.decay * t + gradient)
+            self.assign_sub(variable, learning_rate * t)
+
+    a, _ = small_model(TraceSGD())
+    train(a, 2)
+    path = osf.export_state(a, tmp_path / "c.optstate")
+    state = osf.read(path)
+    assert state.optimizer.algorithm == "generic:TraceSGD"
+    assert all(set(w.slots) == {"traces"} for w in state.weights)
+    b, _ = small_model(TraceSGD())
+    b.set_weights(a.get_weights())
+    osf.import_state(b, path)
+    for x, y in zip(opt_values(a), opt_values(b)):
+        np.testing.assert_array_equal(x, y)
+    train(a, 1, seed=9)
+    train(b, 1, seed=9)
+    for x, y in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_array_equal(x, y)
+
+
+# ---- scenario 6: live transfer, and model kinds ----------------------------------------
+
+def test_transfer_state_between_live_seed_models():
+    a, ra = seed_model((32, 240, 4))
+    b, rb = seed_model((32, 250, 4))
+    train(a, 2)
+    report = osf.transfer_state(a, b)
+    assert report.ok and assert_roles_equal(a, ra, b, rb) == 20
+
+
+def test_unbuilt_optimizer_is_built_without_a_step_or_weight_change(tmp_path):
+    a, ra = seed_model((32, 240, 4))
+    train(a, 2)
+    path = osf.export_state(a, tmp_path / "a.optstate")
+    b, rb = seed_model((32, 250, 4))
+    w_before = [w.copy() for w in b.get_weights()]
+    assert not b.optimizer.built
+    osf.import_state(b, path)
+    for x, y in zip(w_before, b.get_weights()):
+        np.testing.assert_array_equal(x, y)
+    assert int(b.optimizer.iterations.numpy()) == 2
+    assert_roles_equal(a, ra, b, rb)
+
+
+def test_include_weights_restores_model_weights_by_role(tmp_path):
+    a, ra = seed_model((32, 240, 4))
+    train(a, 2)
+    path = osf.export_state(a, tmp_path / "a.optstate", include_weights=True)
+    b, rb = seed_model((32, 240, 4))
+    osf.import_state(b, path, include_weights=True)
+    for role in ra:
+        for x, y in zip(ra[role].get_weights(), rb[role].get_weights()):
+            np.testing.assert_array_equal(x, y)
+
+
+def test_sequential_nested_and_subclassed_models_roundtrip(tmp_path):
+    def nested():
+        inner = keras.Sequential([keras.Input((5,)), keras.layers.Dense(4),
+                                  keras.layers.Activation("tanh"), keras.layers.Dense(3)])
+        ipt = keras.Input((5,))
+        m = keras.Model(ipt, keras.layers.Dense(1)(inner(ipt)))
+        m.compile("adam", "mse")
+        return m
+
+    def subclassed():
+        m = Subclassed()
+        m.compile("adam", "mse")
+        m(np.zeros((2, 5), "float32"))
+        return m
+
+    def sequential():
+        m = keras.Sequential([keras.Input((5,)), keras.layers.Dense(4), keras.layers.Dense(1)])
+        m.compile("rmsprop", "mse")
+        return m
+
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((8, 5)).astype("float32"), rng.standard_normal((8, 1)).astype(
+        "float32")
+    for build in (nested, subclassed, sequential):
+        a = build()
+        a.train_on_batch(x, y)
+        path = osf.export_state(a, tmp_path / f"{build.__name__}.optstate")
+        b = build()
+        b.set_weights(a.get_weights())
+        rep = osf.import_state(b, path)
+        assert rep.ok, build.__name__
+        for p, q in zip(opt_values(a), opt_values(b)):
+            np.testing.assert_array_equal(p, q)
+        a.train_on_batch(x, y)
+        b.train_on_batch(x, y)
+        for p, q in zip(a.get_weights(), b.get_weights()):
+            np.testing.assert_array_equal(p, q)
+
+
+def test_subclassed_paths_are_attribute_paths(tmp_path):
+    m = Subclassed()
+    m.compile("adam", "mse")
+    m(np.zeros((2, 5), "float32"))
+    state = conv.extract_state(m)
+    assert sorted(w.path for w in state.weights) == [
+        "encoder/gate/bias", "encoder/gate/kernel", "encoder/proj/bias", "encoder/proj/kernel",
+        "head/bias", "head/kernel"]
+
+
+def test_user_names_and_structure_agree_or_the_import_refuses(tmp_path):
+    def named(swap):
+        ipt = keras.Input((6,))
+        n1, n2 = ("left", "right") if not swap else ("right", "left")
+        xa = keras.layers.Dense(8, name=n1)(ipt)
+        xb = keras.layers.Dense(8, name=n2)(ipt)
+        out = keras.layers.Dense(1, name="head")(keras.layers.concatenate([xa, xb]))
+        m = keras.Model(ipt, out)
+        m.compile("adam", "mse")
+        return m
+
+    a = named(False)
+    train(a, 1)
+    path = osf.export_state(a, tmp_path / "n.optstate")
+    same = named(False)
+    rep = osf.import_state(same, path)
+    assert {m[2] for m in rep.matched} == {"name+structure"}
+    swapped = named(True)
+    with pytest.raises(osf.MatchError) as e:
+        osf.import_state(swapped, path)
+    assert "E_MATCH_CONFLICT" in str(e.value)
+    rep = osf.import_state(swapped, path, mapping={
+        "left/kernel": "left/kernel", "left/bias": "left/bias",
+        "right/kernel": "right/kernel", "right/bias": "right/bias"})
+    assert rep.ok
+    np.testing.assert_array_equal(
+        slots_of(swapped, swapped.get_layer("left"))["kernel"]["_momentums"],
+        slots_of(a, a.get_layer("left"))["kernel"]["_momentums"])
+
+
+def test_strict_false_imports_matching_weights_and_reports_the_rest(tmp_path):
+    a, ra = two_branch()
+    train(a, 1)
+    path = osf.export_state(a, tmp_path / "a.optstate")
+    b, rb = two_branch(head_units=2)
+    b.optimizer.build(b.trainable_variables)
+    rep = osf.import_state(b, path, strict=False)
+    assert len(rep.missing) == 2 and len(rep.unexpected) == 2
+    assert_roles_equal(a, {k: v for k, v in ra.items() if k != "head"}, b,
+                       {k: v for k, v in rb.items() if k != "head"})
+    np.testing.assert_array_equal(slots_of(b, rb["head"])["kernel"]["_momentums"], 0)
