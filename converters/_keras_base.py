@@ -40,6 +40,27 @@ def is_auto_name(name: str, cls: str, extra=()) -> bool:
     return name in bases or (m is not None and m.group(1) in bases)
 
 
+class PyAttrHandle:
+    """A framework-private integer kept as a plain Python attribute, handled like a variable.
+
+    (tf_keras's Nadam keeps a Python counter beside its variables; without it the next step
+    is not identical.)
+    """
+
+    trainable = False
+    shape = ()
+    dtype = "int64"
+
+    def __init__(self, owner, attr):
+        self.owner, self.attr = owner, attr
+
+    def numpy(self):
+        return np.array(int(getattr(self.owner, self.attr)), np.int64)
+
+    def assign(self, value):
+        setattr(self.owner, self.attr, int(np.asarray(value)))
+
+
 @dataclass
 class VarInfo:
     path: str
@@ -369,6 +390,16 @@ class KerasAdapter:
                 continue
             fams[attr] = val
         return fams
+
+    def attribute_globals(self, opt, globals_, exclude_ids):
+        """Add variables held in ``opt``'s attributes but missing from its variable list."""
+        have = {id(v) for v in globals_.values()} | set(exclude_ids)
+        for attr, val in sorted(vars(opt).items()):
+            if self.is_variable(val) and id(val) not in have:
+                name = self.global_name(attr)
+                if name not in globals_:
+                    globals_[name] = val
+                    have.add(id(val))
 
     @staticmethod
     def global_name(attr):

@@ -134,6 +134,7 @@ class Keras3Adapter(KerasAdapter):
             while name in globals_:
                 name, k = f"{base}_{k}", k + 1
             globals_[name] = v
+        self.attribute_globals(opt, globals_, fam_ids | {id(v) for v in tvars})
         cfg = opt.get_config()
         cfg.pop("learning_rate", None)
         sched = opt._learning_rate

@@ -14,10 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from . import _dtypes
+from . import _dtypes, _registry
 from ._errors import MatchError
 
 SOURCES = ("mapping", "name", "structure")
+# Globals named "<framework>.<name>" are private to that framework (spec 7.3).
+PRIVATE_GLOBAL_PREFIXES = ("keras", "tf_keras")
 
 
 @dataclass
@@ -329,11 +331,19 @@ def plan_import(state, target: TargetState, *, mapping=None, strict=True,
         if fw.path not in matched_files and (fw.slots or include_weights):
             report.unexpected.append(fw.path)
     for name in sorted(set(state.globals) | set(target.globals)):
+        private = "." in name and name.split(".")[0] in PRIVATE_GLOBAL_PREFIXES
         if name not in target.globals:
+            if private:
+                report.notes.append(f"global {name!r} is private to another framework; ignored")
+                continue
             report.mismatched.append(Problem("E_MATCH_GLOBALS", None, f"file holds global "
                                              f"{name!r}, which the target optimizer lacks"))
             continue
         if name not in state.globals:
+            if private:
+                report.notes.append(f"target's private global {name!r} is not in the file; "
+                                    "left as it is")
+                continue
             report.mismatched.append(Problem("E_MATCH_GLOBALS", None, f"target optimizer has "
                                              f"global {name!r}, which the file lacks"))
             continue
@@ -346,6 +356,13 @@ def plan_import(state, target: TargetState, *, mapping=None, strict=True,
         conv = _convert(arr, gt.dtype, f"global:{name}", report.mismatched)
         if conv is not None:
             assignments.append((gt.handle, conv))
+    for key, neutral in sorted(_registry.UPDATE_RULE_HYPERPARAMETERS.items()):
+        value = state.optimizer.hyperparameters.get(key, neutral)
+        if value != neutral and key not in target.hyperparameters:
+            problems.append(Problem(
+                "E_MATCH_HYPER", None, f"the file's optimizer used {key}={value!r}, which the "
+                f"target optimizer ({target.class_name}) does not have; its update rule "
+                "differs, so the state cannot continue exactly"))
     for key in sorted(set(state.optimizer.hyperparameters) & set(target.hyperparameters)):
         a, b = state.optimizer.hyperparameters[key], target.hyperparameters[key]
         if a != b and key not in ("name",):

@@ -164,6 +164,11 @@ COMMON_GLOBALS = (
 
 GENERIC_PREFIX = "generic:"
 
+# Hyperparameters that change the update rule itself, with their neutral value. State written
+# with a non-neutral value cannot continue exactly in an optimizer that lacks the
+# hyperparameter (tf_keras legacy ``decay``, a learning-rate time decay Keras 3 does not have).
+UPDATE_RULE_HYPERPARAMETERS = {"decay": 0.0}
+
 
 def slots_for(algorithm_id: str):
     """All slots (algorithm-specific then common) for a registered algorithm id."""

@@ -1,0 +1,240 @@
+"""tf_keras (Keras 2) converter, both optimizer families, and moving a run into Keras 3."""
+
+import numpy as np
+import pytest
+
+tf_keras = pytest.importorskip("tf_keras")
+keras = pytest.importorskip("keras")
+
+import optstate_format as osf  # noqa: E402
+from optstate_format import _registry  # noqa: E402
+
+from keras_models import two_branch as k3_two_branch  # noqa: E402
+
+pytestmark = pytest.mark.framework
+K = tf_keras
+L = tf_keras.layers
+
+
+def seed_model(batch_shape, opt):
+    """The seed report's code, verbatim in substance, on tf_keras."""
+    ipt = L.Input(batch_shape=batch_shape)
+    conv_a = L.Conv1D(16, 20, strides=200, padding="same")
+    bn_a = L.BatchNormalization()
+    conv_b = L.Conv1D(16, 200, strides=120, padding="same")
+    bn_b = L.BatchNormalization()
+    x1, x2 = bn_a(conv_a(ipt)), bn_b(conv_b(ipt))
+    diff = int(x2.shape[1]) - int(x1.shape[1])
+    if diff > 0:
+        x1 = L.ZeroPadding1D((diff, 0))(x1)
+    elif diff < 0:
+        x2 = L.ZeroPadding1D((abs(diff), 0))(x2)
+    dense = L.Dense(1)
+    out = dense(L.GlobalAveragePooling1D()(L.concatenate([x1, x2])))
+    model = K.Model(ipt, out)
+    model.compile(opt, "mse")
+    return model, {"conv_a": conv_a, "bn_a": bn_a, "conv_b": conv_b, "bn_b": bn_b,
+                   "dense": dense}
+
+
+def two_branch(opt, insert=False, branch="b", b_first=False, head_units=1):
+    ipt = K.Input((6,))
+    roles, outs = {}, {}
+    for br in (["b", "a"] if b_first else ["a", "b"]):
+        d1, d2 = L.Dense(8), L.Dense(8)
+        x = d1(ipt)
+        if insert and br == branch:
+            x = L.Activation("relu")(x)
+        outs[br] = d2(x)
+        roles[f"{br}1"], roles[f"{br}2"] = d1, d2
+    head = L.Dense(head_units)
+    roles["head"] = head
+    model = K.Model(ipt, head(L.concatenate([outs["a"], outs["b"]])))
+    model.compile(opt, "mse")
+    return model, roles
+
+
+def small_model(opt):
+    ipt = K.Input((8, 3))
+    out = L.Dense(2)(L.Flatten()(L.BatchNormalization()(L.Conv1D(4, 3)(ipt))))
+    model = K.Model(ipt, out)
+    model.compile(opt, "mse")
+    return model
+
+
+def train(model, steps=2, seed=0):
+    rng = np.random.default_rng(seed)
+    shape = tuple(model.inputs[0].shape)
+    batch = shape[0] or 8
+    for _ in range(steps):
+        x = rng.standard_normal((batch,) + tuple(shape[1:])).astype("float32")
+        y = rng.standard_normal((batch,) + tuple(model.outputs[0].shape[1:])).astype("float32")
+        model.train_on_batch(x, y)
+
+
+def slot(model, var, canonical):
+    """The framework's own lookup of a slot (the oracle), by canonical slot name."""
+    opt = model.optimizer
+    alg = "adam"
+    if isinstance(opt, K.optimizers.legacy.Optimizer):
+        legacy = {s.name: s.tf_keras_legacy for s in _registry.slots_for(alg)}[canonical]
+        return np.array(opt.get_slot(var, legacy).numpy())
+    if isinstance(model, keras.Model):
+        attr = {s.name: s.keras3 for s in _registry.slots_for(alg)}[canonical]
+        return np.array(getattr(opt, attr)[opt._get_variable_index(var)].numpy())
+    attr = {s.name: s.tf_keras for s in _registry.slots_for(alg)}[canonical]
+    return np.array(getattr(opt, attr)[opt._index_dict[opt._var_key(var)]].numpy())
+
+
+def assert_roles(src, rs, dst, rd, slots=("m", "v")):
+    n = 0
+    for role in rs:
+        for va, vb in zip(rs[role].trainable_weights, rd[role].trainable_weights):
+            for s in slots:
+                np.testing.assert_array_equal(slot(dst, vb, s), slot(src, va, s),
+                                              err_msg=f"{role} {va.name} {s}")
+                n += 1
+    return n
+
+
+def test_seed_original_code_fails_with_set_weights_and_ours_succeeds(tmp_path):
+    a, ra = seed_model((32, 240, 4), K.optimizers.legacy.Adam())
+    b, rb = seed_model((32, 250, 4), K.optimizers.legacy.Adam())
+    train(a, 2)
+    train(b, 1, seed=3)
+    with pytest.raises(ValueError, match="shape"):
+        b.optimizer.set_weights(a.optimizer.get_weights())
+    path = osf.export_state(a, tmp_path / "a.optstate")
+    report = osf.import_state(b, path)
+    assert report.ok and assert_roles(a, ra, b, rb) == 20
+    assert int(b.optimizer.iterations.numpy()) == 2
+
+
+def test_equal_shapes_set_weights_swaps_silently_ours_lands_on_roles(tmp_path):
+    a, ra = two_branch(K.optimizers.legacy.Adam())
+    train(a, 2)
+    native, rn = two_branch(K.optimizers.legacy.Adam(), insert=True)
+    train(native, 1, seed=5)
+    native.optimizer.set_weights(a.optimizer.get_weights())  # no error...
+    assert not np.array_equal(slot(native, rn["a1"].kernel, "m"), slot(a, ra["a1"].kernel, "m"))
+    np.testing.assert_array_equal(slot(native, rn["a1"].kernel, "m"),
+                                  slot(a, ra["b1"].kernel, "m"))  # ...b1's moments on a1
+    b, rb = two_branch(K.optimizers.legacy.Adam(), insert=True)
+    osf.import_state(b, osf.export_state(a, tmp_path / "a.optstate"))
+    assert assert_roles(a, ra, b, rb) == 20
+
+
+def test_legacy_import_creates_slots_without_a_step_or_weight_change(tmp_path):
+    a, ra = two_branch(K.optimizers.legacy.Adam())
+    train(a, 3)
+    path = osf.export_state(a, tmp_path / "a.optstate")
+    b, rb = two_branch(K.optimizers.legacy.Adam(), insert=True, b_first=True)
+    before = [w.copy() for w in b.get_weights()]
+    assert not b.optimizer.weights
+    osf.import_state(b, path)
+    for x, y in zip(before, b.get_weights()):
+        np.testing.assert_array_equal(x, y)
+    assert int(b.optimizer.iterations.numpy()) == 3
+    assert_roles(a, ra, b, rb)
+
+
+@pytest.mark.parametrize("family", ["legacy", "new"])
+def test_tf_keras_run_moves_into_keras3_built_in_another_order(family, tmp_path):
+    opt = K.optimizers.legacy.Adam(0.01) if family == "legacy" else K.optimizers.Adam(0.01)
+    a, ra = two_branch(opt)
+    train(a, 4)
+    path = osf.export_state(a, tmp_path / "k2.optstate", include_weights=True)
+    b, rb = k3_two_branch(insert_activation=True, b_first=True, branch="b",
+                          optimizer=keras.optimizers.Adam(0.01))
+    report = osf.import_state(b, path, include_weights=True)
+    assert report.ok
+    assert assert_roles(a, ra, b, rb) == 20
+    assert int(b.optimizer.iterations.numpy()) == 4
+    for role in ra:
+        for x, y in zip(ra[role].get_weights(), rb[role].get_weights()):
+            np.testing.assert_array_equal(x, y)
+
+
+def test_keras3_run_moves_back_into_tf_keras(tmp_path):
+    a, ra = k3_two_branch(optimizer=keras.optimizers.Adam(0.01))
+    rng = np.random.default_rng(0)
+    a.train_on_batch(rng.standard_normal((8, 6)), rng.standard_normal((8, 1)))
+    path = osf.export_state(a, tmp_path / "k3.optstate")
+    b, rb = two_branch(K.optimizers.legacy.Adam(0.01), insert=True, b_first=True)
+    assert osf.import_state(b, path).ok
+    assert assert_roles(a, ra, b, rb) == 20
+
+
+def test_legacy_time_decay_cannot_move_into_keras3(tmp_path):
+    a, _ = two_branch(K.optimizers.legacy.Adam(0.01, decay=0.1))
+    train(a, 1)
+    path = osf.export_state(a, tmp_path / "d.optstate")
+    b, _ = k3_two_branch(optimizer=keras.optimizers.Adam(0.01))
+    with pytest.raises(osf.MatchError) as e:
+        osf.import_state(b, path)
+    assert "E_MATCH_HYPER" in str(e.value) and "decay" in str(e.value)
+
+
+def _legacy():
+    O = K.optimizers.legacy
+    return {
+        "legacy_sgd": lambda: O.SGD(0.01),
+        "legacy_sgd_nesterov": lambda: O.SGD(0.01, momentum=0.9, nesterov=True),
+        "legacy_rmsprop_centered": lambda: O.RMSprop(0.01, momentum=0.5, centered=True),
+        "legacy_adam": lambda: O.Adam(0.01),
+        "legacy_adam_amsgrad": lambda: O.Adam(0.01, amsgrad=True),
+        "legacy_adadelta": lambda: O.Adadelta(0.5),
+        "legacy_adagrad": lambda: O.Adagrad(0.05),
+        "legacy_adamax": lambda: O.Adamax(0.01),
+        "legacy_nadam": lambda: O.Nadam(0.01),
+        "legacy_ftrl": lambda: O.Ftrl(0.05),
+        "legacy_loss_scale_adam": lambda: K.mixed_precision.LossScaleOptimizer(O.Adam(0.01)),
+    }
+
+
+def _new():
+    O = K.optimizers
+    return {
+        "sgd": lambda: O.SGD(0.01, momentum=0.9, nesterov=True),
+        "rmsprop_centered": lambda: O.RMSprop(0.01, momentum=0.5, centered=True),
+        "adam_amsgrad": lambda: O.Adam(0.01, amsgrad=True),
+        "adamw": lambda: O.AdamW(0.01),
+        "adadelta": lambda: O.Adadelta(0.5),
+        "adagrad": lambda: O.Adagrad(0.05),
+        "adamax": lambda: O.Adamax(0.01),
+        "adafactor": lambda: O.Adafactor(0.01),
+        "nadam": lambda: O.Nadam(0.01),
+        "ftrl": lambda: O.Ftrl(0.05),
+        "lion": lambda: O.Lion(0.001),
+        "loss_scale_adam": lambda: K.mixed_precision.LossScaleOptimizer(O.Adam(0.01)),
+    }
+
+
+OPTS = {**_legacy(), **_new()}
+
+
+def _opt_values(model):
+    vs = model.optimizer.variables
+    vs = vs() if callable(vs) else vs
+    return [np.array(v.numpy()) for v in vs]
+
+
+@pytest.mark.parametrize("name", sorted(OPTS))
+def test_each_optimizer_of_both_families_roundtrips_with_an_identical_next_step(name,
+                                                                               tmp_path):
+    tf_keras.utils.set_random_seed(3)
+    a = small_model(OPTS[name]())
+    train(a, 3)
+    path = osf.export_state(a, tmp_path / f"{name}.optstate")
+    b = small_model(OPTS[name]())
+    b.set_weights(a.get_weights())
+    assert osf.import_state(b, path).ok
+    va, vb = _opt_values(a), _opt_values(b)
+    assert len(va) == len(vb) and va
+    for x, y in zip(va, vb):
+        np.testing.assert_array_equal(x, y)
+    train(a, 1, seed=11)
+    train(b, 1, seed=11)
+    for x, y in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_array_equal(x, y)
+    assert osf.read(path).step == 3
