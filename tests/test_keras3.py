@@ -404,3 +404,25 @@ def test_strict_false_imports_matching_weights_and_reports_the_rest(tmp_path):
     assert_roles_equal(a, {k: v for k, v in ra.items() if k != "head"}, b,
                        {k: v for k, v in rb.items() if k != "head"})
     np.testing.assert_array_equal(slots_of(b, rb["head"])["kernel"]["_momentums"], 0)
+
+
+def test_a_format_1_0_archive_imports_into_the_rebuilt_seed_model():
+    from pathlib import Path
+    path = Path(__file__).parent / "data" / "v1.0" / "keras3_seed_adam.optstate"
+    state = osf.read(path)
+    b, rb = seed_model((32, 250, 4))
+    report = osf.import_state(b, path, include_weights=True)
+    assert report.ok and int(b.optimizer.iterations.numpy()) == state.step == 3
+    infos = {vi.path: vi.var for vi, _ in conv.describe_model(b)}
+    opt = b.optimizer
+    checked = 0
+    for file_path, model_path, _ in report.matched:
+        var = infos[model_path]
+        entry = state.weight(file_path)
+        np.testing.assert_array_equal(var.numpy(), entry.value)
+        if entry.trainable:
+            i = opt._get_variable_index(var)
+            np.testing.assert_array_equal(opt._momentums[i].numpy(), entry.slots["m"])
+            np.testing.assert_array_equal(opt._velocities[i].numpy(), entry.slots["v"])
+            checked += 1
+    assert checked == 10

@@ -1,0 +1,225 @@
+"""Export/import speed and memory against the raw I/O floor and Keras's own tools.
+
+    python benchmarks/bench_io.py [--sizes 50,200,1000] [--repeats 3] [--out DIR]
+
+For each optimizer-state size (MB of Adam slots on a stack of Dense layers) it measures, in one
+process and one run: the raw floor (copy the slot variables out + safetensors.numpy.save_file;
+safetensors.numpy.load_file + assign), optstate export and import, Keras's `.keras`
+save/load_weights and tf.train.Checkpoint write/read. Medians of --repeats runs, each figure also
+as a ratio to the floor, and peak resident memory above the pre-operation baseline (sampled every
+2 ms). Then matching time for functional models of 500, 1,000 and 5,000 layers.
+Never run by the test suite; figures go to BENCHMARKS.md by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import keras  # noqa: E402
+from safetensors.numpy import load_file, save_file  # noqa: E402
+
+import optstate_format as osf  # noqa: E402
+from optstate_format._identity import Graph, Layer, Node, weight_identities  # noqa: E402
+from optstate_format.converters import keras3 as conv  # noqa: E402
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * PAGE
+
+
+class Peak:
+    """Peak RSS above the value at entry, sampled in a thread."""
+
+    def __enter__(self):
+        self.base = rss()
+        self.peak = self.base
+        self.stop = False
+        self.t = threading.Thread(target=self._run, daemon=True)
+        self.t.start()
+        return self
+
+    def _run(self):
+        while not self.stop:
+            self.peak = max(self.peak, rss())
+            time.sleep(0.002)
+
+    def __exit__(self, *exc):
+        self.stop = True
+        self.t.join()
+        self.peak = max(self.peak, rss())
+        self.extra = self.peak - self.base
+
+
+def dense_stack(n_layers, width):
+    ipt = keras.Input((width,))
+    x = ipt
+    for _ in range(n_layers):
+        x = keras.layers.Dense(width)(x)
+    model = keras.Model(ipt, x)
+    model.compile(keras.optimizers.Adam(1e-3), "mse")
+    model.optimizer.build(model.trainable_variables)
+    rng = np.random.default_rng(0)
+    for v in model.optimizer.variables:  # non-trivial slot contents
+        if len(v.shape) >= 1:
+            v.assign(rng.standard_normal(v.shape).astype("float32"))
+    return model
+
+
+def slot_vars(model):
+    return [v for v in model.optimizer.variables]
+
+
+def measure(fn, repeats, setup=None):
+    times, mems = [], []
+    for _ in range(repeats):
+        if setup:
+            setup()
+        with Peak() as p:
+            t0 = time.perf_counter()
+            fn()
+            dt = time.perf_counter() - t0
+        times.append(dt)
+        mems.append(p.extra)
+    return statistics.median(times), max(mems)
+
+
+def bench_size(mb, repeats, folder):
+    width = 1024 if mb <= 400 else 2048
+    per_layer = 2 * (width * width + width) * 4
+    n_layers = max(1, round(mb * 1e6 / per_layer))
+    model = dense_stack(n_layers, width)
+    target = dense_stack(n_layers, width)
+    state_bytes = sum(int(np.prod(v.shape)) * 4 for v in slot_vars(model) if len(v.shape))
+    d = Path(folder)
+    rows = {}
+
+    def floor_export():
+        arrays = {}
+        for i, v in enumerate(slot_vars(model)):
+            a = v.numpy()
+            arrays[str(i)] = a.reshape(1) if a.ndim == 0 else a  # save_file refuses 0-d
+        save_file(arrays, str(d / "floor.safetensors"))
+
+    def floor_import():
+        arrays = load_file(str(d / "floor.safetensors"))
+        for i, v in enumerate(slot_vars(target)):
+            a = arrays[str(i)]
+            v.assign(a.reshape(()) if len(v.shape) == 0 else a)
+
+    rows["floor export"] = measure(floor_export, repeats)
+    rows["floor import"] = measure(floor_import, repeats)
+    rows["optstate export"] = measure(lambda: osf.export_state(model, d / "s.optstate"),
+                                      repeats)
+    rows["optstate import"] = measure(lambda: osf.import_state(target, d / "s.optstate"),
+                                      repeats)
+    rows[".keras save"] = measure(lambda: model.save(d / "m.keras"), repeats)
+    rows[".keras load_weights"] = measure(lambda: target.load_weights(d / "m.keras"), repeats)
+    ckpt = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+    ckpt_t = tf.train.Checkpoint(model=target, optimizer=target.optimizer)
+    rows["tf.train.Checkpoint write"] = measure(lambda: ckpt.write(str(d / "ckpt")), repeats)
+    rows["tf.train.Checkpoint read"] = measure(lambda: ckpt_t.read(str(d / "ckpt")), repeats)
+    largest = max(int(np.prod(v.shape)) * 4 for v in slot_vars(model))
+    del model, target
+    for f in d.iterdir():
+        if f.is_file():
+            f.unlink()
+        else:
+            shutil.rmtree(f)
+    return n_layers, width, state_bytes, largest, rows
+
+
+def residual_graph(n_layers):
+    """A deep residual stack with a two-branch block every 10 layers, as the core sees it."""
+    layers, nodes = {}, []
+    x = ("input", 0)
+    for i in range(n_layers):
+        layers[f"d{i}"] = Layer("Dense", [("kernel", f"d{i}.k"), ("bias", f"d{i}.b")])
+        nodes.append(Node(f"d{i}", [x]))
+        y = ("node", len(nodes) - 1, 0)
+        layers[f"act{i}"] = Layer("Activation")
+        nodes.append(Node(f"act{i}", [y]))
+        y = ("node", len(nodes) - 1, 0)
+        layers[f"add{i}"] = Layer("Add")
+        nodes.append(Node(f"add{i}", [x, y]))
+        x = ("node", len(nodes) - 1, 0)
+    return Graph(layers, nodes, [x])
+
+
+def keras_residual(n_blocks):
+    ipt = keras.Input((8,))
+    x = ipt
+    for _ in range(n_blocks):
+        y = keras.layers.Dense(8)(x)
+        y = keras.layers.Activation("relu")(y)
+        x = keras.layers.Add()([x, y])
+    model = keras.Model(ipt, x)
+    model.compile("adam", "mse")
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def bench_matching(sizes):
+    out = []
+    for n in sizes:
+        g = residual_graph(n)
+        t0 = time.perf_counter()
+        weight_identities(g)
+        core = time.perf_counter() - t0
+        model = keras_residual(n // 3)  # Dense + Activation + Add per block: n layers in all
+        other = keras_residual(n // 3)
+        state = conv.extract_state(model, materialize=True)
+        t0 = time.perf_counter()
+        target = conv._ADAPTER.describe_target(other, other.optimizer)
+        osf.plan_import(state, target)
+        full = time.perf_counter() - t0
+        out.append((n, core, len(model.layers), full))
+        del model, other
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="50,200,1000")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--match-sizes", default="500,1000,5000")
+    args = ap.parse_args()
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, "
+          f"{os.sysconf('SC_PHYS_PAGES') * PAGE / 2**30:.0f} GiB; {platform.platform()}")
+    print(f"python {platform.python_version()}, numpy {np.__version__}, tensorflow "
+          f"{tf.__version__}, keras {keras.__version__}, optstate-format {osf.__version__}")
+    for mb in [int(s) for s in args.sizes.split(",")]:
+        with tempfile.TemporaryDirectory(dir=".") as folder:
+            n, w, sb, largest, rows = bench_size(mb, args.repeats, folder)
+        print(f"\n### Adam state {sb / 1e6:.0f} MB ({n} x Dense({w}); largest tensor "
+              f"{largest / 1e6:.1f} MB), median of {args.repeats}")
+        print("| operation | seconds | x floor | peak extra RSS (MB) |")
+        print("| --- | --- | --- | --- |")
+        for name, (t, mem) in rows.items():
+            floor = rows["floor export" if any(k in name for k in (
+                "export", "save", "write")) else "floor import"][0]
+            print(f"| {name} | {t:.3f} | {t / floor:.2f} | {mem / 1e6:.0f} |")
+    print("\n### Matching (structural identity + plan), deep residual stacks")
+    print("| layers | core identity only (s) | Keras layers | describe + match, Keras (s) |")
+    print("| --- | --- | --- | --- |")
+    for n, core, kl, full in bench_matching([int(s) for s in args.match_sizes.split(",")]):
+        print(f"| {n} | {core:.3f} | {kl} | {full:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
