@@ -128,6 +128,8 @@ def bench_size(mb, repeats, folder):
                                       repeats)
     rows["optstate import"] = measure(lambda: osf.import_state(target, d / "s.optstate"),
                                       repeats)
+    rows["optstate import, rollback=False"] = measure(
+        lambda: osf.import_state(target, d / "s.optstate", rollback=False), repeats)
     rows[".keras save"] = measure(lambda: model.save(d / "m.keras"), repeats)
     rows[".keras load_weights"] = measure(lambda: target.load_weights(d / "m.keras"), repeats)
     ckpt = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
@@ -135,7 +137,6 @@ def bench_size(mb, repeats, folder):
     rows["tf.train.Checkpoint write"] = measure(lambda: ckpt.write(str(d / "ckpt")), repeats)
     rows["tf.train.Checkpoint read"] = measure(lambda: ckpt_t.read(str(d / "ckpt")), repeats)
     largest = max(int(np.prod(v.shape)) * 4 for v in slot_vars(model))
-    del model, target
     for f in d.iterdir():
         if f.is_file():
             f.unlink()
@@ -189,11 +190,13 @@ def bench_matching(sizes):
         osf.plan_import(state, target)
         full = time.perf_counter() - t0
         out.append((n, core, len(model.layers), full))
-        del model, other
+
     return out
 
 
 def main():
+    import sys
+    sys.setrecursionlimit(100_000)  # Keras's own model construction recurses per layer
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="50,200,1000")
     ap.add_argument("--repeats", type=int, default=3)

@@ -78,12 +78,28 @@ class KerasAdapter:
     registry_key = ""      # registry column: "keras3", "tf_keras", "tf_keras_legacy"
     auto_model_names = ()  # auto names models get ("functional", "model", "sequential")
 
+    # framework classes, set by each subclass
+    layer_cls = variable_cls = input_layer_cls = sequential_cls = functional_cls = model_cls = ()
+
+    def is_layer(self, obj):
+        return isinstance(obj, self.layer_cls)
+
+    def is_variable(self, obj):
+        return isinstance(obj, self.variable_cls)
+
+    def is_input_layer(self, layer):
+        return isinstance(layer, self.input_layer_cls)
+
+    def is_sequential(self, model):
+        return isinstance(model, self.sequential_cls)
+
+    def is_functional(self, model):
+        return isinstance(model, self.functional_cls) and not self.is_sequential(model)
+
+    def _is_subclassed_model(self, layer):
+        return isinstance(layer, self.model_cls) and not self._is_model_with_graph(layer)
+
     # ---- framework hooks -----------------------------------------------------------
-    def is_layer(self, obj): raise NotImplementedError
-    def is_variable(self, obj): raise NotImplementedError
-    def is_input_layer(self, layer): raise NotImplementedError
-    def is_sequential(self, model): raise NotImplementedError
-    def is_functional(self, model): raise NotImplementedError
     def history(self, tensor): raise NotImplementedError          # (layer, node_index, out)
     def node_inputs(self, layer, node_index): raise NotImplementedError
     def node_n_outputs(self, layer, node_index): raise NotImplementedError
@@ -205,9 +221,6 @@ class KerasAdapter:
         for attr, sub in self._attr_children(model):
             layers[attr] = layer_entry(sub, prefix + attr.split("/"), named)
         return Graph(layers, None)
-
-    def _is_subclassed_model(self, layer):
-        return False
 
     def _functional_graph(self, model, layers, keys):
         input_ids = {id(t): i for i, t in enumerate(self._model_inputs(model))}
@@ -337,33 +350,48 @@ class KerasAdapter:
                            parts["hyperparameters"], parts["learning_rate"])
 
     def apply_state(self, model, state, *, optimizer=None, strict=True, mapping=None,
-                    include_weights=False):
+                    include_weights=False, rollback=True):
         opt = self._opt(model, optimizer)
         self.ensure_built(opt, model)
         target = self.describe_target(model, opt)
         report, assignments = plan_import(state, target, mapping=mapping, strict=strict,
                                           include_weights=include_weights)
-        self.assign_all(assignments)
+        self.assign_all(assignments, rollback=rollback)
         return report
 
     def import_state(self, model, path, *, optimizer=None, strict=True, mapping=None,
-                     include_weights=False):
+                     include_weights=False, rollback=True):
         state = read(path, verify=True)
         return self.apply_state(model, state, optimizer=optimizer, strict=strict,
-                                mapping=mapping, include_weights=include_weights)
+                                mapping=mapping, include_weights=include_weights,
+                                rollback=rollback)
 
     def ensure_built(self, opt, model):
         raise NotImplementedError
 
-    def assign_all(self, assignments):
-        """Assign every (variable, array); on any failure restore what was assigned."""
+    def snapshot(self, var):
+        """The variable's current value, kept for rollback (a copy unless overridden)."""
+        return np.array(self.var_numpy(var))
+
+    def assign_all(self, assignments, rollback=True):
+        """Assign every (variable, array); on any failure restore what was assigned.
+
+        Everything was validated and converted before this point; the journal guards
+        against the framework failing mid-way (device errors). ``rollback=False`` skips
+        it, saving the memory of the previous values, at the price of that guarantee.
+        """
         journal = []
         try:
             for var, arr in assignments:
-                old = np.array(self.var_numpy(var))
+                old = self.snapshot(var) if rollback else None
                 self.assign(var, arr)
                 journal.append((var, old))
         except Exception as e:
+            if not rollback:
+                raise OptStateError(f"assigning a variable failed ({type(e).__name__}: {e}) "
+                                    f"after {len(journal)} of {len(assignments)} assignments; "
+                                    "rollback=False, so the optimizer is partly updated.",
+                                    code="E_ASSIGN") from e
             for var, old in reversed(journal):
                 self.assign(var, old)
             if isinstance(e, OptStateError):

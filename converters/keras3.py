@@ -28,23 +28,12 @@ class Keras3Adapter(KerasAdapter):
     registry_key = "keras3"
     auto_model_names = ("functional", "sequential", "model")
 
-    def is_layer(self, obj):
-        return isinstance(obj, keras.layers.Layer)
-
-    def is_variable(self, obj):
-        return isinstance(obj, keras.Variable)
-
-    def is_input_layer(self, layer):
-        return isinstance(layer, keras.layers.InputLayer)
-
-    def is_sequential(self, model):
-        return isinstance(model, keras.Sequential)
-
-    def is_functional(self, model):
-        return isinstance(model, Functional) and not isinstance(model, keras.Sequential)
-
-    def _is_subclassed_model(self, layer):
-        return isinstance(layer, keras.Model) and not self._is_model_with_graph(layer)
+    layer_cls = keras.layers.Layer
+    variable_cls = keras.Variable
+    input_layer_cls = keras.layers.InputLayer
+    sequential_cls = keras.Sequential
+    functional_cls = Functional
+    model_cls = keras.Model
 
     def history(self, tensor):
         h = tensor._keras_history
@@ -86,6 +75,13 @@ class Keras3Adapter(KerasAdapter):
 
     def assign(self, var, value):
         var.assign(value)
+
+    def snapshot(self, var):
+        # TensorFlow keeps a read tensor alive and copies on the next write: no data copy here.
+        inner = getattr(var, "value", var)
+        if hasattr(inner, "read_value"):
+            return inner.read_value()
+        return super().snapshot(var)
 
     def framework_version(self):
         return keras.__version__
@@ -164,7 +160,8 @@ def export_state(model, path, *, optimizer=None, include_weights=False, metadata
 
 
 def import_state(model, path, *, optimizer=None, strict=True, mapping=None,
-                 include_weights=False):
+                 include_weights=False, rollback=True):
     """Import ``path`` into a Keras 3 model (see optstate_format.import_state)."""
     return _ADAPTER.import_state(model, path, optimizer=optimizer, strict=strict,
-                                 mapping=mapping, include_weights=include_weights)
+                                 mapping=mapping, include_weights=include_weights,
+                                 rollback=rollback)

@@ -29,23 +29,12 @@ class TfKerasAdapter(KerasAdapter):
     framework = "tf_keras"
     auto_model_names = ("model", "sequential", "functional")
 
-    def is_layer(self, obj):
-        return isinstance(obj, tf_keras.layers.Layer)
-
-    def is_variable(self, obj):
-        return isinstance(obj, tf.Variable)
-
-    def is_input_layer(self, layer):
-        return isinstance(layer, tf_keras.layers.InputLayer)
-
-    def is_sequential(self, model):
-        return isinstance(model, tf_keras.Sequential)
-
-    def is_functional(self, model):
-        return isinstance(model, Functional) and not isinstance(model, tf_keras.Sequential)
-
-    def _is_subclassed_model(self, layer):
-        return isinstance(layer, tf_keras.Model) and not self._is_model_with_graph(layer)
+    layer_cls = tf_keras.layers.Layer
+    variable_cls = tf.Variable
+    input_layer_cls = tf_keras.layers.InputLayer
+    sequential_cls = tf_keras.Sequential
+    functional_cls = Functional
+    model_cls = tf_keras.Model
 
     def history(self, tensor):
         h = tensor._keras_history
@@ -77,6 +66,12 @@ class TfKerasAdapter(KerasAdapter):
 
     def assign(self, var, value):
         var.assign(value)
+
+    def snapshot(self, var):
+        # TensorFlow keeps a read tensor alive and copies on the next write: no data copy here.
+        if isinstance(var, tf.Variable):
+            return var.read_value()
+        return super().snapshot(var)
 
     def framework_version(self):
         return tf_keras.__version__
@@ -223,7 +218,8 @@ def export_state(model, path, *, optimizer=None, include_weights=False, metadata
 
 
 def import_state(model, path, *, optimizer=None, strict=True, mapping=None,
-                 include_weights=False):
+                 include_weights=False, rollback=True):
     """Import ``path`` into a tf_keras model (see optstate_format.import_state)."""
     return _ADAPTER.import_state(model, path, optimizer=optimizer, strict=strict,
-                                 mapping=mapping, include_weights=include_weights)
+                                 mapping=mapping, include_weights=include_weights,
+                                 rollback=rollback)

@@ -57,16 +57,20 @@ def export_state(model, path, *, optimizer=None, include_weights=False, metadata
 
 
 def import_state(model, path, *, optimizer=None, strict=True, mapping=None,
-                 include_weights=False):
+                 include_weights=False, rollback=True):
     """Load the state in ``path`` into ``model``'s optimizer, matching weights by identity.
 
     All-or-nothing: on any problem a :class:`MatchError` lists them all and
-    nothing is changed. Returns an :class:`ImportReport`.
+    nothing is changed. Returns an :class:`ImportReport`. Every check runs before
+    the first assignment; ``rollback`` (default True) also keeps the previous
+    values until the last assignment succeeds, so even a framework failure
+    mid-way leaves everything as it was (``rollback=False`` saves that memory).
 
     >>> # report = import_state(rebuilt_model, "run.optstate"); print(report)
     """
     return _converter_for(model).import_state(model, path, optimizer=optimizer, strict=strict,
-                                              mapping=mapping, include_weights=include_weights)
+                                              mapping=mapping, include_weights=include_weights,
+                                              rollback=rollback)
 
 
 def transfer_state(src_model, dst_model, *, strict=True, mapping=None, include_weights=False):

@@ -7,7 +7,7 @@ in step.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 # Shape rules: how a slot's shape follows from its weight's shape ``s`` (spec 7.2).
 SHAPE_RULES = {
