@@ -124,26 +124,33 @@ class KerasAdapter:
     def _is_model_with_graph(self, layer):
         return self.is_functional(layer) or self.is_sequential(layer)
 
+    def has_sublayers(self, layer):
+        """Whether ``layer`` holds other layers (framework hook; True is always safe)."""
+        return True
+
     def _attr_children(self, obj):
         """(attribute path, layer) for layers held by ``obj``'s attributes, code order-free."""
         out, seen = [], set()
+        if not self.has_sublayers(obj):
+            return out
         items = sorted(vars(obj).items(), key=lambda kv: (kv[0].startswith("_"), kv[0]))
         for name, val in items:
             if name in _SKIP_ATTRS or name.startswith("__"):
                 continue
-            seg = sanitize_segment(name.lstrip("_") or name)
-            cands = []
             if self.is_layer(val):
-                cands = [(seg, val)]
-            elif isinstance(val, (list, tuple)):
-                cands = [(f"{seg}/{i}", v) for i, v in enumerate(val) if self.is_layer(v)]
-            elif isinstance(val, dict):
-                cands = [(f"{seg}/{sanitize_segment(k)}", v) for k, v in sorted(
+                cands = [("", val)]
+            elif isinstance(val, (list, tuple)) and val:
+                cands = [(f"/{i}", v) for i, v in enumerate(val) if self.is_layer(v)]
+            elif isinstance(val, dict) and val:
+                cands = [(f"/{sanitize_segment(k)}", v) for k, v in sorted(
                     val.items(), key=lambda kv: str(kv[0])) if self.is_layer(v)]
-            for p, layer in cands:
+            else:
+                continue
+            seg = sanitize_segment(name.lstrip("_") or name)
+            for suffix, layer in cands:
                 if id(layer) not in seen:
                     seen.add(id(layer))
-                    out.append((p, layer))
+                    out.append((seg + suffix, layer))
         return out
 
     def _layer_weights(self, layer, seen):

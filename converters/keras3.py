@@ -35,6 +35,9 @@ class Keras3Adapter(KerasAdapter):
     functional_cls = Functional
     model_cls = keras.Model
 
+    def has_sublayers(self, layer):
+        return bool(getattr(layer, "_layers", True))
+
     def history(self, tensor):
         h = tensor._keras_history
         return h.operation, h.node_index, h.tensor_index

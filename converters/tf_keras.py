@@ -36,6 +36,12 @@ class TfKerasAdapter(KerasAdapter):
     functional_cls = Functional
     model_cls = tf_keras.Model
 
+    def has_sublayers(self, layer):
+        try:
+            return any(True for _ in layer._flatten_layers(include_self=False, recursive=False))
+        except AttributeError:
+            return True
+
     def history(self, tensor):
         h = tensor._keras_history
         return h.layer, h.node_index, h.tensor_index
