@@ -426,3 +426,24 @@ def test_a_format_1_0_archive_imports_into_the_rebuilt_seed_model():
             np.testing.assert_array_equal(opt._velocities[i].numpy(), entry.slots["v"])
             checked += 1
     assert checked == 10
+
+
+def test_shared_layer_state_follows_the_layer_not_the_call(tmp_path):
+    def siamese(extra_activation):
+        a_in, b_in = keras.Input((5,)), keras.Input((5,))
+        enc = keras.layers.Dense(4)
+        right = keras.layers.Activation("relu")(b_in) if extra_activation else b_in
+        head = keras.layers.Dense(1)
+        out = head(keras.layers.concatenate([enc(a_in), enc(right)]))
+        m = keras.Model([a_in, b_in], out)
+        m.compile("adam", "mse")
+        return m, {"enc": enc, "head": head}
+
+    a, ra = siamese(False)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 5)).astype("float32")
+    a.train_on_batch([x, x[::-1].copy()], rng.standard_normal((8, 1)).astype("float32"))
+    path = osf.export_state(a, tmp_path / "s.optstate")
+    b, rb = siamese(True)
+    assert osf.import_state(b, path).ok
+    assert assert_roles_equal(a, ra, b, rb) == 8

@@ -238,3 +238,92 @@ def test_each_optimizer_of_both_families_roundtrips_with_an_identical_next_step(
     for x, y in zip(a.get_weights(), b.get_weights()):
         np.testing.assert_array_equal(x, y)
     assert osf.read(path).step == 3
+
+
+class TfEncoder(L.Layer):
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.proj = L.Dense(4)
+        self.gate = L.Dense(4)
+
+    def call(self, x):
+        return self.proj(x) * tf_keras.activations.sigmoid(self.gate(x))
+
+
+class TfSubclassed(K.Model):
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.encoder = TfEncoder()
+        self.head = L.Dense(1)
+
+    def call(self, x):
+        return self.head(self.encoder(x))
+
+
+def test_sequential_nested_subclassed_and_shared_layer_models_roundtrip(tmp_path):
+    def sequential():
+        m = K.Sequential([K.Input((5,)), L.Dense(4), L.Dropout(0.0), L.Dense(1)])
+        m.compile(K.optimizers.legacy.RMSprop(0.01), "mse")
+        return m
+
+    def nested():
+        inner = K.Sequential([K.Input((5,)), L.Dense(4), L.Activation("tanh"), L.Dense(3)])
+        ipt = K.Input((5,))
+        m = K.Model(ipt, L.Dense(1)(inner(ipt)))
+        m.compile(K.optimizers.Adam(0.01), "mse")
+        return m
+
+    def subclassed():
+        m = TfSubclassed()
+        m.compile(K.optimizers.legacy.Adam(0.01), "mse")
+        m(np.zeros((2, 5), "float32"))
+        return m
+
+    def shared():
+        ipt_a, ipt_b = K.Input((5,)), K.Input((5,))
+        enc = L.Dense(4)
+        out = L.Dense(1)(L.concatenate([enc(ipt_a), enc(L.Activation("relu")(ipt_b))]))
+        m = K.Model([ipt_a, ipt_b], out)
+        m.compile(K.optimizers.legacy.Adam(0.01), "mse")
+        return m
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 5)).astype("float32")
+    y = rng.standard_normal((8, 1)).astype("float32")
+    for build in (sequential, nested, subclassed, shared):
+        xs = [x, x[::-1].copy()] if build is shared else x
+        a = build()
+        a.train_on_batch(xs, y)
+        path = osf.export_state(a, tmp_path / f"{build.__name__}.optstate")
+        b = build()
+        b.set_weights(a.get_weights())
+        assert osf.import_state(b, path).ok, build.__name__
+        for p, q in zip(_opt_values(a), _opt_values(b)):
+            np.testing.assert_array_equal(p, q)
+        a.train_on_batch(xs, y)
+        b.train_on_batch(xs, y)
+        for p, q in zip(a.get_weights(), b.get_weights()):
+            np.testing.assert_array_equal(p, q)
+    paths = sorted(w.path for w in osf.read(tmp_path / "subclassed.optstate").weights)
+    assert paths == ["encoder/gate/bias", "encoder/gate/kernel", "encoder/proj/bias",
+                     "encoder/proj/kernel", "head/bias", "head/kernel"]
+
+
+def test_subclassed_model_moves_between_generations_by_attribute_path(tmp_path):
+    from keras_models import Subclassed
+    a = TfSubclassed()
+    a.compile(K.optimizers.legacy.Adam(0.01), "mse")
+    rng = np.random.default_rng(1)
+    a.train_on_batch(rng.standard_normal((8, 5)).astype("float32"),
+                     rng.standard_normal((8, 1)).astype("float32"))
+    path = osf.export_state(a, tmp_path / "sub.optstate")
+    b = Subclassed()
+    b.compile(keras.optimizers.Adam(0.01), "mse")
+    b(np.zeros((2, 5), "float32"))
+    assert osf.import_state(b, path).ok
+    pairs = [(a.encoder.proj, b.encoder.proj), (a.encoder.gate, b.encoder.gate),
+             (a.head, b.head)]
+    for la, lb in pairs:
+        for va, vb in zip(la.trainable_weights, lb.trainable_weights):
+            for s in ("m", "v"):
+                np.testing.assert_array_equal(slot(b, vb, s), slot(a, va, s))
