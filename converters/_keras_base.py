@@ -240,10 +240,11 @@ class KerasAdapter:
             key = (id(layer), ni)
             if key not in index:
                 index[key] = len(nodes)
-                if id(layer) not in keys:  # an op layer not listed in model.layers
-                    seg = sanitize_segment(f"{layer.name}")
-                    keys[id(layer)] = seg
-                    layers.setdefault(seg, Layer(self._layer_cls(layer)))
+                if id(layer) not in keys:  # an operation not listed in model.layers
+                    key_ = f"{sanitize_segment(layer.name)}#op{len(layers)}"  # internal key only
+                    keys[id(layer)] = key_
+                    layers[key_] = Layer(self._layer_cls(layer),
+                                         parametric=bool(self.own_variables(layer)))
                 nodes.append(Node(keys[id(layer)], [], self.node_n_outputs(layer, ni)))
                 stack.append((layer, ni, index[key]))
             return ("node", index[key], ti)

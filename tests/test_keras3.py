@@ -447,3 +447,25 @@ def test_shared_layer_state_follows_the_layer_not_the_call(tmp_path):
     b, rb = siamese(True)
     assert osf.import_state(b, path).ok
     assert assert_roles_equal(a, ra, b, rb) == 8
+
+
+def test_functional_ops_outside_layers_do_not_break_identity(tmp_path):
+    def model(extra):
+        ipt = keras.Input((6,))
+        roles = {"left": keras.layers.Dense(6), "right": keras.layers.Dense(6),
+                 "head": keras.layers.Dense(1)}
+        a = roles["left"](ipt)
+        b = roles["right"](ipt)
+        if extra:
+            b = keras.ops.tanh(b)  # an operation, not a layer: contracted like one
+        x = keras.ops.add(a, b * 2.0)
+        m = keras.Model(ipt, roles["head"](x))
+        m.compile("adam", "mse")
+        return m, roles
+
+    a, ra = model(False)
+    train(a, 1)
+    path = osf.export_state(a, tmp_path / "ops.optstate")
+    b, rb = model(True)
+    assert osf.import_state(b, path).ok
+    assert assert_roles_equal(a, ra, b, rb) == 12
