@@ -295,7 +295,8 @@ class KerasAdapter:
         alg = parts["algorithm"]
         return OptimizerInfo(algorithm=alg, class_name=parts["class_name"],
                              module=parts["module"], hyperparameters=parts["hyperparameters"],
-                             learning_rate=parts["learning_rate"], wrappers=parts["wrappers"])
+                             learning_rate=parts["learning_rate"], wrappers=parts["wrappers"],
+                             components=parts.get("components", []))
 
     def _opt(self, model, optimizer):
         opt = optimizer if optimizer is not None else getattr(model, "optimizer", None)
@@ -324,7 +325,8 @@ class KerasAdapter:
             entries.append(WeightEntry(
                 path=vi.path, shape=self.var_shape(vi.var), dtype=self.var_dtype(vi.var),
                 trainable=vi.trainable, slots=slots, hints=hints,
-                value=tensor(vi.var) if include_weights else None))
+                value=tensor(vi.var) if include_weights else None,
+                component=parts.get("component_of", {}).get(id(vi.var), 0)))
         described = {id(vi.var) for vi, _ in infos}
         for vid in parts["slots"]:
             if vid not in described:
@@ -351,11 +353,12 @@ class KerasAdapter:
                      for name, sv in parts["slots"].get(id(vi.var), {}).items()}
             weights.append(TargetWeight(vi.path, self.var_shape(vi.var),
                                         self.var_dtype(vi.var), vi.trainable, hints, slots,
-                                        vi.var))
+                                        vi.var, parts.get("component_of", {}).get(id(vi.var), 0)))
         globals_ = {k: SlotTarget(self.var_shape(v), self.var_dtype(v), v)
                     for k, v in parts["globals"].items()}
         return TargetState(parts["algorithm"], parts["class_name"], weights, globals_,
-                           parts["hyperparameters"], parts["learning_rate"])
+                           parts["hyperparameters"], parts["learning_rate"],
+                           parts.get("components", []))
 
     def apply_state(self, model, state, *, optimizer=None, strict=True, mapping=None,
                     include_weights=False, rollback=True):

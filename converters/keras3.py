@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 
 from optstate_format import _registry
-from optstate_format._errors import UnsupportedError
 
 from ._keras_base import KerasAdapter, dtype_name, generic_or
 
@@ -107,8 +106,35 @@ class Keras3Adapter(KerasAdapter):
             globals_["loss_scale.step_counter"] = opt.step_counter
             opt = opt.inner_optimizer
         if MultiOptimizer and isinstance(opt, MultiOptimizer):
-            raise UnsupportedError("MultiOptimizer is not supported by format 1.0 (one algorithm "
-                                   "per file); export each inner optimizer's model part.")
+            return self._multi_parts(opt, wrappers, globals_)
+        return self._single_parts(opt, wrappers, globals_)
+
+    def _multi_parts(self, opt, wrappers, globals_):
+        """MultiOptimizer: each inner optimizer is a component; its globals are prefixed."""
+        attr_of = {}
+        for attr, val in sorted(vars(opt).items()):
+            if self.is_variable(val):
+                attr_of.setdefault(id(val), attr)
+        for v in opt._variables:  # the MultiOptimizer's own (its iteration counter)
+            globals_[self.global_name(attr_of.get(id(v), v.name))] = v
+        cfg = self.data_only(opt.get_config())
+        parts = {"algorithm": _registry.MULTI, "class_name": type(opt).__name__,
+                 "module": type(opt).__module__, "hyperparameters": cfg, "learning_rate": {},
+                 "wrappers": wrappers, "slots": {}, "globals": globals_,
+                 "step": int(np.asarray(opt._iterations.numpy())), "components": [],
+                 "component_of": {}}
+        for i, inner in enumerate(opt.optimizers):
+            sub = self._single_parts(inner, [], {})
+            parts["components"].append({k: sub[k] for k in (
+                "algorithm", "class_name", "module", "hyperparameters", "learning_rate")})
+            for vid, slots in sub["slots"].items():
+                parts["slots"][vid] = slots
+                parts["component_of"][vid] = i
+            for name, v in sub["globals"].items():
+                globals_[f"component.{i}.{name}"] = v
+        return parts
+
+    def _single_parts(self, opt, wrappers, globals_):
         cls = type(opt).__name__
         builtin = type(opt).__module__.startswith("keras.src.optimizers")
         alg = generic_or(self.registry_key, cls, builtin)

@@ -79,14 +79,17 @@ def summarize(state):
             "slots": {k: {"shape": list(v.shape), "dtype": dtype_of(v)}
                       for k, v in sorted(w.slots.items())},
             "has_value": w.value is not None,
-            "hints": w.hints})
+            "hints": w.hints, **({"component": w.component}
+                                 if state.optimizer.components else {})})
     return {
         "version": state.version, "producer": state.producer,
         "optimizer": {"algorithm": state.optimizer.algorithm,
                       "class_name": state.optimizer.class_name,
                       "hyperparameters": state.optimizer.hyperparameters,
                       "learning_rate": state.optimizer.learning_rate,
-                      "wrappers": state.optimizer.wrappers},
+                      "wrappers": state.optimizer.wrappers,
+                      **({"components": state.optimizer.components}
+                         if state.optimizer.components else {})},
         "step": state.step,
         "globals": {k: {"shape": list(v.shape), "dtype": dtype_of(v),
                         "value": v.tolist() if v.size == 1 else None}

@@ -22,6 +22,7 @@ import numpy as np
 
 from . import _dtypes, _registry
 from ._errors import FormatError, IntegrityError, OptStateError, VersionError
+from ._registry import MULTI
 from ._paths import HEADER_KEY, check_name, check_path, global_key, slot_key, value_key
 from ._state import LazyTensor, OptimizerInfo, OptimizerState, WeightEntry
 from ._versions import CURRENT_VERSION, FORMAT_ID, parse_version
@@ -77,7 +78,10 @@ def _plan(state: OptimizerState):
     tensors = []
     doc_weights = []
     seen = set()
-    alg = state.optimizer.algorithm
+    opt = state.optimizer
+    if opt.components and opt.algorithm != MULTI:
+        raise FormatError(f"components are only allowed with algorithm {MULTI!r}.",
+                          code="E_SCHEMA")
     for w in sorted(state.weights, key=lambda w: w.path):
         check_path(w.path)
         if w.path in seen:
@@ -86,6 +90,10 @@ def _plan(state: OptimizerState):
         seen.add(w.path)
         shape = tuple(int(d) for d in w.shape)
         _dtypes.name_of(w.dtype)
+        if opt.components and not 0 <= int(w.component) < len(opt.components):
+            raise FormatError(f"component {w.component} is not one of the "
+                              f"{len(opt.components)} components.", code="E_SCHEMA", path=w.path)
+        alg = opt.algorithm_of(int(w.component))
         slots = {}
         for name in sorted(w.slots):
             check_name(name, "slot")
@@ -106,9 +114,12 @@ def _plan(state: OptimizerState):
                                   code="E_VALUE_SHAPE", path=w.path)
             vkey = value_key(w.path)
             tensors.append((vkey, vdtype, vshape, w.value))
-        doc_weights.append({"path": w.path, "shape": list(shape), "dtype": _dtypes.name_of(
-            w.dtype), "trainable": bool(w.trainable), "hints": dict(w.hints), "slots": slots,
-            "value": vkey})
+        entry = {"path": w.path, "shape": list(shape), "dtype": _dtypes.name_of(w.dtype),
+                 "trainable": bool(w.trainable), "hints": dict(w.hints), "slots": slots,
+                 "value": vkey}
+        if opt.components:
+            entry["component"] = int(w.component)
+        doc_weights.append(entry)
     doc_globals = {}
     for name in sorted(state.globals):
         check_name(name, "global")
@@ -116,7 +127,6 @@ def _plan(state: OptimizerState):
         key = global_key(name)
         doc_globals[name] = key
         tensors.append((key, gdtype, gshape, state.globals[name]))
-    opt = state.optimizer
     doc = {
         "format": FORMAT_ID,
         "version": f"{CURRENT_VERSION[0]}.{CURRENT_VERSION[1]}",
@@ -125,7 +135,9 @@ def _plan(state: OptimizerState):
         "optimizer": {"algorithm": opt.algorithm, "class_name": opt.class_name,
                       "module": opt.module, "hyperparameters": dict(opt.hyperparameters),
                       "learning_rate": dict(opt.learning_rate),
-                      "wrappers": list(opt.wrappers)},
+                      "wrappers": list(opt.wrappers),
+                      **({"components": [dict(c) for c in opt.components]}
+                         if opt.components else {})},
         "step": int(state.step),
         "globals": doc_globals,
         "weights": doc_weights,
@@ -442,6 +454,16 @@ def _validate_doc(doc, cont: _Container, version):
     opt = _req(doc, "optimizer", dict)
     algorithm = _req(opt, "algorithm", str, "optimizer")
     _req(opt, "class_name", str, "optimizer")
+    components = opt.get("components", [])
+    if not isinstance(components, list) or (components and algorithm != MULTI) or (
+            algorithm == MULTI and not components):
+        _fail(f"optimizer.components must be a non-empty array exactly when the algorithm is "
+              f"{MULTI!r}.", "E_SCHEMA")
+    for i, comp in enumerate(components):
+        if not isinstance(comp, dict):
+            _fail(f"optimizer.components[{i}] must be a map.", "E_SCHEMA")
+        _req(comp, "algorithm", str, f"optimizer.components[{i}]")
+        _req(comp, "class_name", str, f"optimizer.components[{i}]")
     for f, t in (("module", str), ("hyperparameters", dict), ("learning_rate", dict),
                  ("wrappers", list)):
         if f in opt:
@@ -500,14 +522,22 @@ def _validate_doc(doc, cont: _Container, version):
             if hints.get(hk) is not None and not isinstance(hints[hk], str):
                 _fail(f"{where}.hints.{hk} must be a string or nil.", "E_SCHEMA", path=path)
         slots = _req(w, "slots", dict, where)
+        alg = algorithm
+        if components:
+            comp = _req(w, "component", int, where)
+            if not 0 <= comp < len(components):
+                _fail(f"{where}.component {comp} is not one of the {len(components)} "
+                      "components.", "E_SCHEMA", path=path)
+            alg = components[comp]["algorithm"]
         for sname, key in slots.items():
             check_name(sname, "slot")
             _, sshape, _, _ = ref(key, f"{where}.slots.{sname}")
-            expected = _registry.slot_shape(_registry.slot_rule(algorithm, sname), shape)
+            rule = _registry.slot_rule(alg, sname)
+            expected = _registry.slot_shape(rule, shape)
             if expected is not None and tuple(sshape) != tuple(expected):
                 _fail(f"slot {sname!r} has shape {list(sshape)} but the registry rule "
-                      f"'{_registry.slot_rule(algorithm, sname)}' requires {list(expected)} "
-                      f"for weight shape {shape}.", "E_SLOT_SHAPE", path=path)
+                      f"'{rule}' requires {list(expected)} for weight shape {shape}.",
+                      "E_SLOT_SHAPE", path=path)
         vkey = w.get("value")
         if vkey is not None:
             vname, vshape, _, _ = ref(vkey, f"{where}.value")
@@ -577,12 +607,13 @@ def read(path, *, verify: bool = True) -> OptimizerState:
                          module=opt.get("module", ""),
                          hyperparameters=opt.get("hyperparameters", {}),
                          learning_rate=opt.get("learning_rate", {}),
-                         wrappers=opt.get("wrappers", []))
+                         wrappers=opt.get("wrappers", []),
+                         components=opt.get("components", []))
     weights = []
     for w in doc["weights"]:
         weights.append(WeightEntry(
             path=w["path"], shape=tuple(w["shape"]), dtype=w["dtype"],
-            trainable=w["trainable"], hints=w["hints"],
+            trainable=w["trainable"], hints=w["hints"], component=w.get("component", 0),
             slots={k: cont.array(v) for k, v in w["slots"].items()},
             value=cont.array(w["value"]) if w.get("value") is not None else None))
     return OptimizerState(

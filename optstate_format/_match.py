@@ -42,6 +42,7 @@ class TargetWeight:
     hints: dict = field(default_factory=dict)
     slots: dict = field(default_factory=dict)
     handle: Any = None
+    component: int = 0
 
 
 @dataclass
@@ -54,6 +55,7 @@ class TargetState:
     globals: dict = field(default_factory=dict)
     hyperparameters: dict = field(default_factory=dict)
     learning_rate: dict = field(default_factory=dict)
+    components: list = field(default_factory=list)  # algorithm "multi": [{algorithm, ...}]
 
 
 @dataclass
@@ -258,6 +260,44 @@ def _convert(arr, dst: str, where, problems):
     return out
 
 
+def _map_components(state, target, pairs, fmap, tmap, problems):
+    """Pair the file's inner optimizers with the target's through the weights they own.
+
+    Returns the file's globals renamed to the target's component numbers. Inner optimizers
+    are numbered in the order a framework met them, so they are matched by their weights,
+    never by number.
+    """
+    fwd, back = {}, {}
+    for fp, (tp, _) in pairs.items():
+        fw, tw = fmap[fp], tmap[tp]
+        if not (fw.slots or tw.slots):
+            continue
+        fc, tc = fw.component, tw.component
+        if fwd.setdefault(fc, tc) != tc or back.setdefault(tc, fc) != fc:
+            problems.append(Problem(
+                "E_MATCH_COMPONENT", fp, f"the file's inner optimizer {fc} holds weights that the"
+                f" target gives to different inner optimizers ({fwd[fc]} and {tc}); the "
+                "optimizer maps of the two models disagree"))
+            return dict(state.globals)
+    for fc, tc in sorted(fwd.items()):
+        fa = state.optimizer.components[fc]["algorithm"]
+        ta = target.components[tc]["algorithm"]
+        if fa != ta:
+            problems.append(Problem(
+                "E_MATCH_ALGORITHM", None, f"inner optimizer {fc} of the file is {fa!r}, the "
+                f"target's inner optimizer {tc} for the same weights is {ta!r}"))
+    renamed = {}
+    for name, arr in state.globals.items():
+        parts = name.split(".", 2)
+        if len(parts) == 3 and parts[0] == "component" and parts[1].isdigit():
+            fc = int(parts[1])
+            if fc not in fwd:
+                continue  # an inner optimizer none of whose weights matched: never guess
+            name = f"component.{fwd[fc]}.{parts[2]}"
+        renamed[name] = arr
+    return renamed
+
+
 def plan_import(state, target: TargetState, *, mapping=None, strict=True,
                 include_weights=False):
     """Resolve ``state`` (from a file) against ``target``; return (report, assignments).
@@ -277,6 +317,9 @@ def plan_import(state, target: TargetState, *, mapping=None, strict=True,
             f"the file holds state of {state.optimizer.algorithm!r} "
             f"({state.optimizer.class_name}), the target optimizer is {target.algorithm!r} "
             f"({target.class_name}); state of one algorithm means nothing to another"))
+    file_globals = dict(state.globals)
+    if not problems and target.components:
+        file_globals = _map_components(state, target, pairs, fmap, tmap, problems)
     assignments = []
     matched_targets = set()
     for fp, (tp, source) in sorted(pairs.items()):
@@ -330,7 +373,7 @@ def plan_import(state, target: TargetState, *, mapping=None, strict=True,
     for fw in state.weights:
         if fw.path not in matched_files and (fw.slots or include_weights):
             report.unexpected.append(fw.path)
-    for name in sorted(set(state.globals) | set(target.globals)):
+    for name in sorted(set(file_globals) | set(target.globals)):
         private = "." in name and name.split(".")[0] in PRIVATE_GLOBAL_PREFIXES
         if name not in target.globals:
             if private:
@@ -339,7 +382,7 @@ def plan_import(state, target: TargetState, *, mapping=None, strict=True,
             report.mismatched.append(Problem("E_MATCH_GLOBALS", None, f"file holds global "
                                              f"{name!r}, which the target optimizer lacks"))
             continue
-        if name not in state.globals:
+        if name not in file_globals:
             if private:
                 report.notes.append(f"target's private global {name!r} is not in the file; "
                                     "left as it is")
@@ -347,7 +390,7 @@ def plan_import(state, target: TargetState, *, mapping=None, strict=True,
             report.mismatched.append(Problem("E_MATCH_GLOBALS", None, f"target optimizer has "
                                              f"global {name!r}, which the file lacks"))
             continue
-        arr, gt = state.globals[name], target.globals[name]
+        arr, gt = file_globals[name], target.globals[name]
         if tuple(arr.shape) != tuple(gt.shape):
             report.mismatched.append(Problem("E_MATCH_SHAPE", None, f"global {name!r} has "
                                              f"shape {list(arr.shape)}, target "

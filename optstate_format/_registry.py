@@ -163,6 +163,8 @@ COMMON_GLOBALS = (
 )
 
 GENERIC_PREFIX = "generic:"
+# Reserved algorithm id: several inner optimizers, each weight assigned to one (spec 7.6).
+MULTI = "multi"
 
 # Hyperparameters that change the update rule itself, with their neutral value. State written
 # with a non-neutral value cannot continue exactly in an optimizer that lacks the

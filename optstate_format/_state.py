@@ -49,6 +49,7 @@ class WeightEntry:
     slots: dict = field(default_factory=dict)
     value: Any = None
     hints: dict = field(default_factory=dict)
+    component: int = 0  # index into OptimizerInfo.components (algorithm "multi" only)
 
 
 @dataclass
@@ -61,6 +62,15 @@ class OptimizerInfo:
     hyperparameters: dict = field(default_factory=dict)
     learning_rate: dict = field(default_factory=dict)
     wrappers: list = field(default_factory=list)
+    # algorithm "multi": one entry per inner optimizer, each {algorithm, class_name, module,
+    # hyperparameters, learning_rate}; weights name theirs by ``WeightEntry.component``.
+    components: list = field(default_factory=list)
+
+    def algorithm_of(self, component: int) -> str:
+        """The algorithm whose registry rules apply to a weight of ``component``."""
+        if self.components:
+            return self.components[component]["algorithm"]
+        return self.algorithm
 
 
 @dataclass

@@ -44,6 +44,10 @@ def cmd_inspect(args):
           f"{prod.get('framework', '?')} {prod.get('framework_version', '')}")
     print(f"optimizer     {opt.class_name} (algorithm {opt.algorithm})"
           + "".join(f" in {w.get('class_name')}" for w in opt.wrappers))
+    for i, comp in enumerate(opt.components):
+        owned = sum(1 for w in state.weights if w.component == i)
+        print(f"component {i}   {comp.get('class_name')} (algorithm {comp.get('algorithm')}), "
+              f"{owned} weights, learning rate {json.dumps(comp.get('learning_rate', {}))}")
     print(f"learning rate {json.dumps(opt.learning_rate, sort_keys=True)}")
     hp = ", ".join(f"{k}={v!r}" for k, v in sorted(opt.hyperparameters.items()) if v is not None)
     print(f"hyperparams   {hp}")

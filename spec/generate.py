@@ -89,6 +89,23 @@ def valid_states():
                                    "average_gradient": _arr((3, 2), "float16")}),
             ],
             globals={"iterations": it(5)}),
+        "multi_optimizer": OptimizerState(
+            OptimizerInfo("multi", "MultiOptimizer", "keras.optimizers", {}, {}, components=[
+                {"algorithm": "sgd", "class_name": "SGD", "module": "keras.optimizers",
+                 "hyperparameters": {"momentum": 0.9}, "learning_rate": {
+                     "kind": "constant", "value": 0.01}},
+                {"algorithm": "adam", "class_name": "Adam", "module": "keras.optimizers",
+                 "hyperparameters": {"amsgrad": False}, "learning_rate": {
+                     "kind": "constant", "value": 0.001}}]),
+            step=4, producer=PRODUCER,
+            weights=[
+                WeightEntry("encoder/kernel", (3, 2), "float32", component=0,
+                            slots={"momentum": _arr((3, 2))}),
+                WeightEntry("head/kernel", (2, 1), "float32", component=1,
+                            slots={"m": _arr((2, 1)), "v": _arr((2, 1), seed=1)}),
+            ],
+            globals={"iterations": it(4), "component.0.iterations": it(4),
+                     "component.1.iterations": it(4)}),
         "generic_custom_optimizer": OptimizerState(
             OptimizerInfo("generic:MyMomentum", "MyMomentum", "user.optimizers",
                           {"decay": 0.5}, {"kind": "constant", "value": 0.1}),

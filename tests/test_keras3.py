@@ -469,3 +469,56 @@ def test_functional_ops_outside_layers_do_not_break_identity(tmp_path):
     b, rb = model(True)
     assert osf.import_state(b, path).ok
     assert assert_roles_equal(a, ra, b, rb) == 12
+
+
+def test_multi_optimizer_components_are_matched_by_their_weights_not_their_order(tmp_path):
+    def build(swap):
+        ipt = keras.Input((6,))
+        roles = {"enc": keras.layers.Dense(5, name="enc"), "dec": keras.layers.Dense(5, name="dec"),
+                 "head": keras.layers.Dense(1, name="head")}
+        outs = {"enc": roles["enc"](ipt)}
+        outs["dec"] = roles["dec"](ipt)
+        out = roles["head"](keras.layers.concatenate([outs["enc"], outs["dec"]]))
+        m = keras.Model(ipt, out)
+        sgd, adam = keras.optimizers.SGD(0.01, momentum=0.9), keras.optimizers.Adam(0.01)
+        if not swap:  # inner optimizers are numbered by map order: [SGD, Adam]
+            omap = keras.optimizers.OptimizerMap(default_optimizer=adam)
+            omap["enc/.*"] = sgd
+        else:  # the same assignment written the other way round: [Adam, SGD]
+            omap = keras.optimizers.OptimizerMap(default_optimizer=sgd)
+            omap["(dec|head)/.*"] = adam
+        m.compile(keras.optimizers.MultiOptimizer(omap), "mse")
+        return m, roles
+
+    a, ra = build(False)
+    train(a, 2)
+    path = osf.export_state(a, tmp_path / "multi.optstate", include_weights=True)
+    state = osf.read(path)
+    assert state.optimizer.algorithm == "multi"
+    assert [c["algorithm"] for c in state.optimizer.components] == ["sgd", "adam"]
+    b, rb = build(True)
+    b.optimizer.build(b.trainable_variables)
+    assert [type(o).__name__ for o in b.optimizer.optimizers] == ["Adam", "SGD"]
+    report = osf.import_state(b, path, include_weights=True)
+    assert report.ok
+
+    def inner_slot(model, layer, attr):
+        opt = model.optimizer
+        var = layer.kernel
+        inner = opt.optimizers[opt._var_to_optimizer_idx[opt._var_key(var)]]
+        return np.array(getattr(inner, attr)[inner._get_variable_index(var)].numpy())
+
+    np.testing.assert_array_equal(inner_slot(b, rb["enc"], "momentums"),
+                                  inner_slot(a, ra["enc"], "momentums"))
+    for role in ("dec", "head"):
+        for attr in ADAM_ATTRS:
+            np.testing.assert_array_equal(inner_slot(b, rb[role], attr),
+                                          inner_slot(a, ra[role], attr))
+    sgd_a = [o for o in a.optimizer.optimizers if type(o).__name__ == "SGD"][0]
+    sgd_b = [o for o in b.optimizer.optimizers if type(o).__name__ == "SGD"][0]
+    assert int(sgd_b.iterations.numpy()) == int(sgd_a.iterations.numpy()) == 2
+    train(a, 1, seed=8)
+    train(b, 1, seed=8)
+    for role in ra:
+        for x, y in zip(ra[role].get_weights(), rb[role].get_weights()):
+            np.testing.assert_array_equal(x, y)
