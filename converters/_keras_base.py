@@ -358,7 +358,7 @@ class KerasAdapter:
                     for k, v in parts["globals"].items()}
         return TargetState(parts["algorithm"], parts["class_name"], weights, globals_,
                            parts["hyperparameters"], parts["learning_rate"],
-                           parts.get("components", []))
+                           parts.get("components", []), parts["module"])
 
     def apply_state(self, model, state, *, optimizer=None, strict=True, mapping=None,
                     include_weights=False, rollback=True):

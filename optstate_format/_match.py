@@ -56,6 +56,7 @@ class TargetState:
     hyperparameters: dict = field(default_factory=dict)
     learning_rate: dict = field(default_factory=dict)
     components: list = field(default_factory=list)  # algorithm "multi": [{algorithm, ...}]
+    module: str = ""
 
 
 @dataclass
@@ -312,11 +313,19 @@ def plan_import(state, target: TargetState, *, mapping=None, strict=True,
     tmap = {w.path: w for w in target.weights}
     problems = []
     if state.optimizer.algorithm != target.algorithm:
+        why = "state of one algorithm means nothing to another"
+        for alg in (state.optimizer.algorithm, target.algorithm):
+            if alg in _registry.ALGORITHMS and _registry.ALGORITHMS[alg].notes:
+                why = _registry.ALGORITHMS[alg].notes
         problems.append(Problem(
             "E_MATCH_ALGORITHM", None,
             f"the file holds state of {state.optimizer.algorithm!r} "
             f"({state.optimizer.class_name}), the target optimizer is {target.algorithm!r} "
-            f"({target.class_name}); state of one algorithm means nothing to another"))
+            f"({target.class_name}): {why}"))
+    elif (".legacy" in state.optimizer.module) != (".legacy" in target.module):
+        alg = _registry.ALGORITHMS.get(target.algorithm)
+        if alg is not None and alg.notes:
+            report.notes.append(f"between optimizer generations: {alg.notes}")
     file_globals = dict(state.globals)
     if not problems and target.components:
         file_globals = _map_components(state, target, pairs, fmap, tmap, problems)
@@ -401,13 +410,16 @@ def plan_import(state, target: TargetState, *, mapping=None, strict=True,
             assignments.append((gt.handle, conv))
     for key, neutral in sorted(_registry.UPDATE_RULE_HYPERPARAMETERS.items()):
         value = state.optimizer.hyperparameters.get(key, neutral)
-        if value != neutral and key not in target.hyperparameters:
+        same_algorithm = state.optimizer.algorithm == target.algorithm
+        if same_algorithm and value != neutral and key not in target.hyperparameters:
             problems.append(Problem(
                 "E_MATCH_HYPER", None, f"the file's optimizer used {key}={value!r}, which the "
                 f"target optimizer ({target.class_name}) does not have; its update rule "
                 "differs, so the state cannot continue exactly"))
     for key in sorted(set(state.optimizer.hyperparameters) & set(target.hyperparameters)):
         a, b = state.optimizer.hyperparameters[key], target.hyperparameters[key]
+        if isinstance(a, float) and isinstance(b, float) and np.float32(a) == np.float32(b):
+            continue  # the same value, once stored as float32 and once as float64
         if a != b and key not in ("name",):
             report.notes.append(f"hyperparameter {key!r}: file {a!r}, target {b!r} (target "
                                 "kept)")

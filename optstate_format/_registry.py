@@ -98,7 +98,10 @@ ALGORITHMS = {a.id: a for a in [
     )),
     Algorithm("adagrad", "Adagrad", "Adagrad", "Adagrad", "Adagrad", slots=(
         Slot("accumulator", "like", "a_t = a_{t-1} + g_t^2 (a_0 = initial_accumulator_value)",
-             "_accumulators", "_accumulators", "accumulator"),)),
+             "_accumulators", "_accumulators", "accumulator"),),
+        notes="tf_keras's legacy Adagrad divides by sqrt(a) + epsilon, Keras 3 and tf_keras's new "
+              "Adagrad by sqrt(a + epsilon): the accumulator moves exactly, later steps differ "
+              "by a term of order epsilon."),
     Algorithm("adamax", "Adamax", "Adamax", "Adamax", "Adamax", slots=(
         Slot("m", "like", _M, "_m", "_m", "m"),
         Slot("u", "like", "u_t = max(beta_2 * u_{t-1}, |g_t|)", "_u", "_u", "v"),
@@ -113,11 +116,21 @@ ALGORITHMS = {a.id: a for a in [
                   Slot("v", "like", "unfactored second moment (used for rank < 2 weights)",
                        "_v", "_v", None),
               )),
-    Algorithm("nadam", "Nadam", "Nadam", "Nadam", "Nadam", slots=(
-        Slot("m", "like", _M, "_momentums", "_momentums", "m"),
-        Slot("v", "like", _V, "_velocities", "_velocities", "v"),
-    ), globals=(("u_product", "_u_product", "_u_product", "_m_cache",
-                 "prod_{i<=t} beta_1 * (1 - 0.5 * 0.96^(0.004 * i))"),)),
+    Algorithm("nadam", "Nadam", "Nadam", "Nadam", None, slots=(
+        Slot("m", "like", _M, "_momentums", "_momentums", None),
+        Slot("v", "like", _V, "_velocities", "_velocities", None),
+    ), globals=(("u_product", "_u_product", "_u_product", None,
+                 "prod_{i<=t} beta_1 * (1 - 0.5 * 0.96^i)"),)),
+    Algorithm("nadam_legacy", "Nadam with the Keras 2 momentum schedule", None, None, "Nadam",
+              slots=(
+                  Slot("m", "like", _M, None, None, "m"),
+                  Slot("v", "like", _V, None, None, "v"),
+              ), globals=(("u_product", None, None, "_m_cache",
+                           "prod_{i<=t} beta_1 * (1 - 0.5 * 0.96^(schedule_decay * i))"),),
+              notes="tf_keras's legacy Nadam schedules momentum as 0.96^(schedule_decay * t) "
+                    "(schedule_decay = 0.004); Keras 3 and tf_keras's new Nadam use 0.96^t. "
+                    "Its u_product means another product, so its state cannot continue in "
+                    "their Nadam."),
     Algorithm("ftrl", "FTRL-proximal", "Ftrl", "Ftrl", "Ftrl", slots=(
         Slot("accumulator", "like", "n_t = n_{t-1} + g_t^2 (n_0 = initial_accumulator_value)",
              "_accumulators", "_accumulators", "accumulator"),
