@@ -423,6 +423,11 @@ def plan_import(state, target: TargetState, *, mapping=None, strict=True,
         if a != b and key not in ("name",):
             report.notes.append(f"hyperparameter {key!r}: file {a!r}, target {b!r} (target "
                                 "kept)")
+    flr, tlr = state.optimizer.learning_rate, target.learning_rate
+    if flr and tlr and flr.get("kind") != tlr.get("kind") or (
+            flr.get("kind") == tlr.get("kind") == "schedule" and flr != tlr):
+        report.notes.append(f"learning rate: file {flr}, target {tlr} (target kept; the "
+                            "restored iteration count drives the target's schedule)")
     report.conflicts.extend(problems)
     fatal = list(report.conflicts)
     if strict:

@@ -522,3 +522,57 @@ def test_multi_optimizer_components_are_matched_by_their_weights_not_their_order
     for role in ra:
         for x, y in zip(ra[role].get_weights(), rb[role].get_weights()):
             np.testing.assert_array_equal(x, y)
+
+
+def test_conversion_failing_halfway_changes_nothing(tmp_path, monkeypatch):
+    from optstate_format import _match
+    a, _ = small_model("adam")
+    train(a, 2)
+    path = osf.export_state(a, tmp_path / "a.optstate", include_weights=True)
+    b, _ = small_model("adam")
+    train(b, 1, seed=4)
+    before, wbefore = opt_values(b), [w.copy() for w in b.get_weights()]
+    real, calls = _match._convert, {"n": 0}
+
+    def failing(arr, dst, where, problems):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise MemoryError("simulated failure converting a tensor")
+        return real(arr, dst, where, problems)
+
+    monkeypatch.setattr(_match, "_convert", failing)
+    with pytest.raises(MemoryError):
+        osf.import_state(b, path, include_weights=True)
+    assert calls["n"] == 5
+    for x, y in zip(before, opt_values(b)):
+        np.testing.assert_array_equal(x, y)
+    for x, y in zip(wbefore, b.get_weights()):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_exported_header_satisfies_the_json_schema(tmp_path):
+    import json
+    from pathlib import Path
+
+    import jsonschema
+    import msgpack
+    a, _ = seed_model((32, 240, 4))
+    train(a, 1)
+    raw = osf.export_state(a, tmp_path / "a.optstate", include_weights=True).read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    table = json.loads(raw[8:8 + n])
+    s, e = table["optstate:header"]["data_offsets"]
+    doc = msgpack.unpackb(raw[8 + n + s:8 + n + e], raw=False)
+    schema = json.loads((Path(__file__).parent.parent / "spec" / "schema" /
+                         "header-1.schema.json").read_text())
+    jsonschema.validate(doc, schema)
+
+
+def test_different_schedule_in_target_is_reported(tmp_path):
+    sched = keras.optimizers.schedules.ExponentialDecay(0.01, decay_steps=3, decay_rate=0.5)
+    a, _ = small_model(keras.optimizers.SGD(sched))
+    train(a, 1)
+    path = osf.export_state(a, tmp_path / "s.optstate")
+    b, _ = small_model(keras.optimizers.SGD(keras.optimizers.schedules.CosineDecay(0.01, 10)))
+    report = osf.import_state(b, path)
+    assert any("learning rate" in n and "CosineDecay" in n for n in report.notes)
