@@ -576,3 +576,12 @@ def test_different_schedule_in_target_is_reported(tmp_path):
     b, _ = small_model(keras.optimizers.SGD(keras.optimizers.schedules.CosineDecay(0.01, 10)))
     report = osf.import_state(b, path)
     assert any("learning rate" in n and "CosineDecay" in n for n in report.notes)
+
+
+def test_demo_runs_the_seed_case_and_verifies_every_slot(tmp_path, capsys):
+    from optstate_format.cli import main
+    assert main(["demo", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "Keras failed: ValueError" in out
+    assert "20 slot arrays equal to their role's source; iterations = 3" in out
+    assert osf.check(tmp_path / "model_a.optstate").valid
