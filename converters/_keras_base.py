@@ -430,6 +430,34 @@ class KerasAdapter:
             fams[attr] = val
         return fams
 
+    def family_parts(self, opt, tvars, attr_map, variables, globals_):
+        """Slots from the per-variable lists aligned with ``tvars``; every other optimizer
+        variable (listed in ``variables`` or held in an attribute) becomes a global.
+
+        Returns {id(model variable): {canonical slot name: slot variable}}; fills ``globals_``.
+        """
+        slots, fam_ids = {}, set()
+        for attr, lst in self.slot_families(opt, tvars).items():
+            sname = attr_map.get(attr) or self.global_name(attr)
+            for v, sv in zip(tvars, lst):
+                if sv is not None:
+                    slots.setdefault(id(v), {})[sname] = sv
+                    fam_ids.add(id(sv))
+        attr_of = {}
+        for attr, val in sorted(vars(opt).items()):
+            if self.is_variable(val):
+                attr_of.setdefault(id(val), attr)
+        for v in variables:
+            if id(v) in fam_ids:
+                continue
+            name = self.global_name(attr_of.get(id(v), self.var_name(v)))
+            base, k = name, 1
+            while name in globals_:
+                name, k = f"{base}_{k}", k + 1
+            globals_[name] = v
+        self.attribute_globals(opt, globals_, fam_ids | {id(v) for v in tvars})
+        return slots
+
     def attribute_globals(self, opt, globals_, exclude_ids):
         """Add variables held in ``opt``'s attributes but missing from its variable list."""
         have = {id(v) for v in globals_.values()} | set(exclude_ids)

@@ -140,26 +140,7 @@ class Keras3Adapter(KerasAdapter):
         alg = generic_or(self.registry_key, cls, builtin)
         attr_map = _registry.attr_to_slot(self.registry_key, alg if builtin else "")
         tvars = list(opt._trainable_variables)
-        slots, fam_ids = {}, set()
-        for attr, lst in self.slot_families(opt, tvars).items():
-            sname = attr_map.get(attr) or self.global_name(attr)
-            for v, sv in zip(tvars, lst):
-                if sv is not None:
-                    slots.setdefault(id(v), {})[sname] = sv
-                    fam_ids.add(id(sv))
-        attr_of = {}
-        for attr, val in sorted(vars(opt).items()):
-            if self.is_variable(val):
-                attr_of.setdefault(id(val), attr)
-        for v in opt.variables:
-            if id(v) in fam_ids:
-                continue
-            name = self.global_name(attr_of.get(id(v), v.name))
-            base, k = name, 1
-            while name in globals_:
-                name, k = f"{base}_{k}", k + 1
-            globals_[name] = v
-        self.attribute_globals(opt, globals_, fam_ids | {id(v) for v in tvars})
+        slots = self.family_parts(opt, tvars, attr_map, opt.variables, globals_)
         cfg = opt.get_config()
         cfg.pop("learning_rate", None)
         sched = opt._learning_rate

@@ -177,32 +177,13 @@ class TfKerasAdapter(KerasAdapter):
             i = index.get(opt._var_key(v))
             if i is not None:
                 by_index[i] = v
-        if sorted(by_index) != list(range(len(by_index))):
+        if len(by_index) != len(index) or sorted(by_index) != list(range(len(by_index))):
             raise UnsupportedError("the optimizer was built for variables that are not all in "
                                    "this model; pass the model it was built for.")
         tvars = [by_index[i] for i in range(len(by_index))]
-        slots, fam_ids = {}, set()
-        for attr, lst in self.slot_families(opt, tvars).items():
-            sname = attr_map.get(attr) or self.global_name(attr)
-            for v, sv in zip(tvars, lst):
-                if sv is not None:
-                    slots.setdefault(id(v), {})[sname] = sv
-                    fam_ids.add(id(sv))
-        attr_of = {}
-        for attr, val in sorted(vars(opt).items()):
-            if self.is_variable(val):
-                attr_of.setdefault(id(val), attr)
         variables = opt.variables
         variables = variables() if callable(variables) else variables
-        for v in variables:
-            if id(v) in fam_ids:
-                continue
-            name = self.global_name(attr_of.get(id(v), self.var_name(v)))
-            base, k = name, 1
-            while name in globals_:
-                name, k = f"{base}_{k}", k + 1
-            globals_[name] = v
-        self.attribute_globals(opt, globals_, fam_ids | {id(v) for v in tvars})
+        slots = self.family_parts(opt, tvars, attr_map, variables, globals_)
         if isinstance(getattr(opt, "_u_product_counter", None), int):
             globals_["tf_keras.u_product_counter"] = PyAttrHandle(opt, "_u_product_counter")
         if isinstance(opt._learning_rate, tf.Variable) and "learning_rate" not in globals_:
