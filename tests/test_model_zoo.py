@@ -143,3 +143,34 @@ def test_tf_keras_model_state_moves_into_keras3(builder, tmp_path):
             np.testing.assert_array_equal(opt._velocities[i].numpy(), entry.slots["v"])
             checked += 1
     assert checked == sum(1 for w in state.weights if w.slots) > 0
+
+
+@pytest.mark.parametrize("framework", ["keras3", "tf_keras"])
+def test_mixed_precision_policy_roundtrips_loss_scale_state(framework, tmp_path):
+    K = keras3 if framework == "keras3" else tf_keras
+    K.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        def build():
+            i = K.Input((4,))
+            out = K.layers.Dense(1, dtype="float32")(K.layers.Dense(8)(i))
+            m = K.Model(i, out)
+            m.compile("adam", "mse")
+            return m
+
+        a = build()
+        x, y = batch(a)
+        for _ in range(3):
+            a.train_on_batch(x, y)
+        path = osf.export_state(a, tmp_path / "mp.optstate")
+        state = osf.read(path)
+        assert state.optimizer.wrappers[0]["class_name"] == "LossScaleOptimizer"
+        assert {"loss_scale.dynamic_scale", "loss_scale.step_counter"} <= set(state.globals)
+        b = build()
+        b.set_weights(a.get_weights())
+        assert osf.import_state(b, path).ok
+        a.train_on_batch(x, y)
+        b.train_on_batch(x, y)
+        for p, q in zip(a.get_weights(), b.get_weights()):
+            np.testing.assert_array_equal(p, q)
+    finally:
+        K.mixed_precision.set_global_policy("float32")
