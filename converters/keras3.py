@@ -11,6 +11,12 @@ import numpy as np
 
 from optstate_format import _registry
 
+import inspect
+
+from optstate_format._errors import UnsupportedError
+from optstate_format._io import read
+from optstate_format._state import OptimizerState
+
 from ._keras_base import KerasAdapter, dtype_name, generic_or
 
 import keras  # noqa: E402  (the converter is imported only when a Keras model is seen)
@@ -175,3 +181,67 @@ def import_state(model, path, *, optimizer=None, strict=True, mapping=None,
     return _ADAPTER.import_state(model, path, optimizer=optimizer, strict=strict,
                                  mapping=mapping, include_weights=include_weights,
                                  rollback=rollback)
+
+
+def _allowed(kind, name, builtins, custom_objects, base):
+    cls = (custom_objects or {}).get(name) or builtins.get(name)
+    if cls is None:
+        raise UnsupportedError(
+            f"the file names {kind} {name!r}, which is not a built-in Keras 3 {kind}; nothing "
+            f"named in a file is imported. Pass custom_objects={{{name!r}: YourClass}}.")
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise UnsupportedError(f"custom_objects[{name!r}] is not a {base.__name__} subclass.")
+    return cls
+
+
+def _accepted(cls, config):
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        base = inspect.signature(keras.optimizers.Optimizer.__init__).parameters
+        params = {**base, **params}
+    return {k: v for k, v in config.items() if k in params and k != "self"}
+
+
+def optimizer_from_state(state, *, custom_objects=None):
+    """A new, unbuilt Keras 3 optimizer of the file's class, hyperparameters and schedule.
+
+    Only Keras 3's own optimizer and schedule classes are used, and classes the caller passes
+    in ``custom_objects`` (like Keras's own loading): a class named in a file is never imported.
+    The state itself is then loaded with :func:`import_state`.
+
+    >>> # opt = optimizer_from_state("run.optstate"); model.compile(opt, loss)
+    >>> # import_state(model, "run.optstate")
+    """
+    if not isinstance(state, OptimizerState):
+        state = read(state, verify=True)
+    info = state.optimizer
+    if info.components:
+        raise UnsupportedError("rebuilding a MultiOptimizer needs its variable map, which is "
+                               "code; build it yourself, then import_state().")
+    builtins = {a.keras3: getattr(keras.optimizers, a.keras3)
+                for a in _registry.ALGORITHMS.values()
+                if a.keras3 and hasattr(keras.optimizers, a.keras3)}
+    cls = _allowed("optimizer", info.class_name, builtins, custom_objects,
+                   keras.optimizers.Optimizer)
+    config = _accepted(cls, dict(info.hyperparameters))
+    lr = info.learning_rate or {}
+    if lr.get("kind") == "constant":
+        config["learning_rate"] = float(lr["value"])
+    elif lr.get("kind") == "schedule":
+        schedules = keras.optimizers.schedules
+        sched_builtins = {n: getattr(schedules, n) for n in dir(schedules)
+                          if isinstance(getattr(schedules, n), type)}
+        sched = _allowed("schedule", lr["class_name"], sched_builtins, custom_objects,
+                         schedules.LearningRateSchedule)
+        config["learning_rate"] = sched.from_config(dict(lr["config"]))
+    elif lr:
+        raise UnsupportedError(f"the file's learning rate is {lr.get('kind')!r} (code, not "
+                               "data); build the optimizer yourself, then import_state().")
+    opt = cls(**config)
+    for wrapper in reversed(info.wrappers):
+        if wrapper.get("class_name") != "LossScaleOptimizer":
+            raise UnsupportedError(f"wrapper {wrapper.get('class_name')!r} is not supported.")
+        wcfg = _accepted(keras.optimizers.LossScaleOptimizer, dict(wrapper.get("config", {})))
+        wcfg.pop("inner_optimizer", None)
+        opt = keras.optimizers.LossScaleOptimizer(opt, **wcfg)
+    return opt

@@ -585,3 +585,45 @@ def test_demo_runs_the_seed_case_and_verifies_every_slot(tmp_path, capsys):
     assert "Keras failed: ValueError" in out
     assert "20 slot arrays equal to their role's source; iterations = 3" in out
     assert osf.check(tmp_path / "model_a.optstate").valid
+
+
+def test_optimizer_rebuilt_from_the_file_resumes_identically(tmp_path):
+    sched = keras.optimizers.schedules.ExponentialDecay(0.01, decay_steps=2, decay_rate=0.5)
+    a, _ = small_model(keras.optimizers.LossScaleOptimizer(
+        keras.optimizers.Adam(sched, beta_1=0.8, amsgrad=True)))
+    train(a, 3)
+    path = osf.export_state(a, tmp_path / "a.optstate", include_weights=True)
+    opt = conv.optimizer_from_state(path)
+    assert isinstance(opt, keras.optimizers.LossScaleOptimizer)
+    inner = opt.inner_optimizer
+    assert type(inner).__name__ == "Adam" and inner.beta_1 == 0.8 and inner.amsgrad
+    assert isinstance(inner._learning_rate, keras.optimizers.schedules.ExponentialDecay)
+    b, _ = small_model(opt)
+    assert osf.import_state(b, path, include_weights=True).ok
+    train(a, 1, seed=6)
+    train(b, 1, seed=6)
+    for x, y in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_optimizer_from_state_never_imports_a_class_named_in_the_file(tmp_path):
+    a, _ = small_model("adam")
+    train(a, 1)
+    state = conv.extract_state(a, materialize=True)
+    state.optimizer.class_name = "Popen"
+    with pytest.raises(osf.UnsupportedError) as e:
+        conv.optimizer_from_state(state)
+    assert "custom_objects" in str(e.value)
+    state = conv.extract_state(a, materialize=True)
+    state.optimizer.learning_rate = {"kind": "schedule", "class_name": "os.system",
+                                     "config": {}}
+    with pytest.raises(osf.UnsupportedError):
+        conv.optimizer_from_state(state)
+
+    class MyAdam(keras.optimizers.Adam):
+        pass
+
+    state = conv.extract_state(a, materialize=True)
+    state.optimizer.class_name = "MyAdam"
+    assert isinstance(conv.optimizer_from_state(state, custom_objects={"MyAdam": MyAdam}),
+                      MyAdam)
