@@ -627,3 +627,31 @@ def test_optimizer_from_state_never_imports_a_class_named_in_the_file(tmp_path):
     state.optimizer.class_name = "MyAdam"
     assert isinstance(conv.optimizer_from_state(state, custom_objects={"MyAdam": MyAdam}),
                       MyAdam)
+
+
+def test_auto_names_that_coincide_across_sessions_are_never_identities(tmp_path):
+    """A fresh session (here: clear_session) restarts Keras's name counters, so the rebuilt
+    model's `dense`, `dense_1`... can name other roles than in the file. They must be ignored,
+    not trusted and not reported as conflicts."""
+    keras.backend.clear_session()
+    a, ra = two_branch()
+    train(a, 1)
+    path = osf.export_state(a, tmp_path / "a.optstate")
+    keras.backend.clear_session()
+    b, rb = two_branch(insert_activation=True, b_first=True, branch="b")
+    assert rb["b1"].name == ra["a1"].name  # the same auto name, another role
+    report = osf.import_state(b, path)
+    assert report.ok and {m[2] for m in report.matched} == {"structure"}
+    assert assert_roles_equal(a, ra, b, rb) == 20
+
+
+@pytest.mark.parametrize("name,cls", [
+    ("conv1d", "Conv1D"), ("conv1d_3", "Conv1D"), ("batch_normalization_1",
+                                                    "BatchNormalization"),
+    ("global_average_pooling1d", "GlobalAveragePooling1D"), ("conv2d_transpose_2",
+                                                             "Conv2DTranspose"),
+    ("lstm_4", "LSTM"), ("multi_head_attention", "MultiHeadAttention"), ("dense", "Dense")])
+def test_keras_auto_names_are_recognized(name, cls):
+    from optstate_format.converters._keras_base import is_auto_name
+    assert is_auto_name(name, cls)
+    assert not is_auto_name("encoder", cls) and not is_auto_name(f"{name}_head", cls)
