@@ -111,10 +111,9 @@ def _expect_only_our_errors(path):
     assert rep.valid
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                  HealthCheck.function_scoped_fixture])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
-def test_fuzz_mutated_valid_files_raise_only_our_errors(good_file, tmp_path, data):
+def _fuzz_mutations(good_file, tmp_path, data):
     raw = bytearray(good_file.read_bytes())
     n_mut = data.draw(st.integers(1, 8))
     for _ in range(n_mut):
@@ -135,16 +134,27 @@ def test_fuzz_mutated_valid_files_raise_only_our_errors(good_file, tmp_path, dat
     _expect_only_our_errors(p)
 
 
-@settings(max_examples=300, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=300, deadline=None)
 @given(blob=st.binary(max_size=2048), prefix=st.integers(0, 4096))
-def test_fuzz_random_bytes_raise_only_our_errors(tmp_path, blob, prefix):
+def _fuzz_random(tmp_path, blob, prefix):
     p = tmp_path / "rnd.optstate"
     p.write_bytes(struct.pack("<Q", prefix) + blob)
     _expect_only_our_errors(p)
 
 
-def test_fuzz_case_count_is_reported(capsys):
+def _run_counted(capsys, what, fn, *args):
+    start = CASES["fuzz"]
+    fn(*args)
+    n = CASES["fuzz"] - start
     with capsys.disabled():
-        print(f"\n[fuzz] {CASES['fuzz']} hostile inputs read; only OptStateError escaped")
-    assert CASES["fuzz"] >= 600
+        print(f"\n[fuzz] {n} {what} read; only OptStateError escaped")
+    return n
+
+
+def test_fuzz_mutated_valid_files_raise_only_our_errors(good_file, tmp_path, capsys):
+    assert _run_counted(capsys, "mutated valid files", _fuzz_mutations, good_file,
+                        tmp_path) >= 300
+
+
+def test_fuzz_random_bytes_raise_only_our_errors(tmp_path, capsys):
+    assert _run_counted(capsys, "random inputs", _fuzz_random, tmp_path) >= 300
