@@ -348,6 +348,7 @@ class KerasAdapter:
 
     def export_state(self, model, path, *, optimizer=None, include_weights=False,
                      metadata=None):
+        """Write the model's optimizer state to ``path`` (see optstate_format.export_state)."""
         state = self.extract_state(model, optimizer=optimizer,
                                    include_weights=include_weights, metadata=metadata)
         return write(state, path)
@@ -379,6 +380,7 @@ class KerasAdapter:
 
     def import_state(self, model, path, *, optimizer=None, strict=True, mapping=None,
                      include_weights=False, rollback=True):
+        """Import ``path`` into the model (see optstate_format.import_state)."""
         state = read(path, verify=True)
         return self.apply_state(model, state, optimizer=optimizer, strict=strict,
                                 mapping=mapping, include_weights=include_weights,

@@ -167,20 +167,8 @@ _ADAPTER = Keras3Adapter()
 describe_model = _ADAPTER.describe_model
 extract_state = _ADAPTER.extract_state
 apply_state = _ADAPTER.apply_state
-
-
-def export_state(model, path, *, optimizer=None, include_weights=False, metadata=None):
-    """Write a Keras 3 model's optimizer state to ``path`` (see optstate_format.export_state)."""
-    return _ADAPTER.export_state(model, path, optimizer=optimizer,
-                                 include_weights=include_weights, metadata=metadata)
-
-
-def import_state(model, path, *, optimizer=None, strict=True, mapping=None,
-                 include_weights=False, rollback=True):
-    """Import ``path`` into a Keras 3 model (see optstate_format.import_state)."""
-    return _ADAPTER.import_state(model, path, optimizer=optimizer, strict=strict,
-                                 mapping=mapping, include_weights=include_weights,
-                                 rollback=rollback)
+export_state = _ADAPTER.export_state
+import_state = _ADAPTER.import_state
 
 
 def _allowed(kind, name, builtins, custom_objects, base):
