@@ -160,8 +160,8 @@ class KerasAdapter:
                     out.append((seg + suffix, layer))
         return out
 
-    def _layer_weights(self, layer, seen):
-        """(local name, variable) for a layer: own variables, then sublayers by attribute."""
+    def _own_weights(self, layer, seen):
+        """(local name, variable) for the variables ``layer`` owns itself, names made unique."""
         out, names = [], set()
         for v in self.own_variables(layer):
             if id(v) in seen:
@@ -173,6 +173,11 @@ class KerasAdapter:
                 local, k = f"{base}_{k}", k + 1
             names.add(local)
             out.append((local, v))
+        return out
+
+    def _layer_weights(self, layer, seen):
+        """(local name, variable) for a layer: own variables, then sublayers by attribute."""
+        out = self._own_weights(layer, seen)
         for attr, sub in self._attr_children(layer):
             for local, v in self._layer_weights(sub, seen):
                 out.append((f"{attr}/{local}", v))
@@ -180,12 +185,12 @@ class KerasAdapter:
 
     def _graph(self, model, prefix, named, out, seen):
         """Describe ``model`` as a Graph; append each weight's VarInfo to ``out``."""
-        def add_layer_weights(layer, seg_path, lnamed):
+        def register(pairs, seg_path, lnamed, cls):
             weights = []
-            for local, v in self._layer_weights(layer, seen):
+            for local, v in pairs:
                 wid = len(out)
-                out.append(VarInfo("/".join(seg_path + [local]), v, lnamed,
-                                   self._layer_cls(layer), local, bool(v.trainable)))
+                out.append(VarInfo("/".join(seg_path + [local]), v, lnamed, cls, local,
+                                   bool(v.trainable)))
                 weights.append((local, wid))
             return weights
 
@@ -193,7 +198,8 @@ class KerasAdapter:
             if self._is_model_with_graph(layer) or self._is_subclassed_model(layer):
                 return Layer(self._layer_cls(layer),
                              subgraph=self._graph(layer, seg_path, lnamed, out, seen))
-            return Layer(self._layer_cls(layer), add_layer_weights(layer, seg_path, lnamed))
+            return Layer(self._layer_cls(layer), register(
+                self._layer_weights(layer, seen), seg_path, lnamed, self._layer_cls(layer)))
 
         def lname(layer):
             seg = sanitize_segment(layer.name)
@@ -221,15 +227,7 @@ class KerasAdapter:
             return self._functional_graph(model, layers, keys)
         # subclassed: identity from attribute paths
         layers = {}
-        own = []
-        for v in self.own_variables(model):
-            if id(v) not in seen:
-                seen.add(id(v))
-                wid = len(out)
-                local = sanitize_segment(self.var_name(v))
-                out.append(VarInfo("/".join(prefix + [local]), v, named,
-                                   self._layer_cls(model), local, bool(v.trainable)))
-                own.append((local, wid))
+        own = register(self._own_weights(model, seen), prefix, named, self._layer_cls(model))
         if own:
             layers["_self"] = Layer(self._layer_cls(model), own)
         for attr, sub in self._attr_children(model):
@@ -371,8 +369,7 @@ class KerasAdapter:
     def apply_state(self, model, state, *, optimizer=None, strict=True, mapping=None,
                     include_weights=False, rollback=True):
         opt = self._opt(model, optimizer)
-        self.ensure_built(opt, model)
-        target = self.describe_target(model, opt)
+        target = self.describe_target(model, opt)  # builds an unbuilt optimizer first
         report, assignments = plan_import(state, target, mapping=mapping, strict=strict,
                                           include_weights=include_weights)
         self.assign_all(assignments, rollback=rollback)
