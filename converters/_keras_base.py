@@ -319,8 +319,9 @@ class KerasAdapter:
         def tensor(v):
             if materialize:
                 return np.array(self.var_numpy(v))
+            # fetched when the writer reaches it: a view of the framework's buffer, no copy
             return LazyTensor(self.var_shape(v), self.var_dtype(v),
-                              lambda v=v: self.var_numpy(v))
+                              lambda v=v: self.var_view(v))
 
         entries = []
         for vi, hints in infos:
@@ -386,33 +387,57 @@ class KerasAdapter:
     def ensure_built(self, opt, model):
         raise NotImplementedError
 
+    def var_view(self, var):
+        """The variable's current value as a read-only array, without a copy where the
+        framework allows (framework hook; the default copies)."""
+        return np.asarray(self.var_numpy(var))
+
     def snapshot(self, var):
         """The variable's current value, kept for rollback (a copy unless overridden)."""
         return np.array(self.var_numpy(var))
+
+    def journal_entry(self, var):
+        """What restores ``var`` to its current value if the import fails.
+
+        A variable whose every element has the same bits (a fresh optimizer's slots:
+        zeros, or Adagrad's initial accumulator) is journalled as that one value, so
+        importing into a rebuilt model keeps no second copy of the state; any other
+        value is kept as a snapshot.
+        """
+        value = constant_value(self.var_view(var))  # the view is dropped before assigning
+        if value is not None:
+            return ("fill", value, self.var_shape(var))
+        return ("value", self.snapshot(var), None)
+
+    def restore(self, var, entry):
+        kind, value, shape = entry
+        self.assign(var, filled(value, shape) if kind == "fill" else value)
 
     def assign_all(self, assignments, rollback=True):
         """Assign every (variable, array); on any failure restore what was assigned.
 
         Everything was validated and converted before this point; the journal guards
-        against the framework failing mid-way (device errors). ``rollback=False`` skips
-        it, saving the memory of the previous values, at the price of that guarantee.
+        against the framework failing mid-way (device errors) and against an
+        interrupt (Ctrl-C): the interrupt is re-raised once everything is restored.
+        ``rollback=False`` skips the journal (no snapshot of non-constant old values)
+        at the price of that guarantee.
         """
         journal = []
         try:
             for var, arr in assignments:
-                old = self.snapshot(var) if rollback else None
+                entry = self.journal_entry(var) if rollback else None
                 self.assign(var, arr)
-                journal.append((var, old))
-        except Exception as e:
+                journal.append((var, entry))
+        except BaseException as e:
             if not rollback:
                 raise OptStateError(f"assigning a variable failed ({type(e).__name__}: {e}) "
                                     f"after {len(journal)} of {len(assignments)} assignments; "
                                     "rollback=False, so the optimizer is partly updated.",
                                     code="E_ASSIGN") from e
-            for var, old in reversed(journal):
-                self.assign(var, old)
-            if isinstance(e, OptStateError):
-                raise
+            for var, entry in reversed(journal):
+                self.restore(var, entry)
+            if isinstance(e, OptStateError) or not isinstance(e, Exception):
+                raise  # ours, or an interrupt: everything is restored, let it through
             raise OptStateError(f"assigning a variable failed ({type(e).__name__}: {e}); every "
                                 "variable already assigned was restored.",
                                 code="E_ASSIGN") from e
@@ -493,6 +518,46 @@ class KerasAdapter:
         if isinstance(obj, dict):
             return {str(k): KerasAdapter.data_only(v) for k, v in obj.items()}
         return repr(obj)
+
+
+_PREFIX = 4096        # elements compared before a full scan: trained state fails fast
+_CHUNK = 1 << 22      # elements per comparison, bounding the temporary mask (4 MB)
+
+
+def constant_value(arr):
+    """One element of ``arr`` (a 1-element array) if every element has its bits, else None.
+
+    Compares bit patterns, not values: -0.0 is not 0.0 and NaN payloads count, so
+    :func:`filled` rebuilds the array bitwise. Costs one read of ``arr`` when it is
+    constant and a few thousand elements when it is not.
+
+    >>> constant_value(np.zeros((3, 2), np.float32)), constant_value(np.array([0.0, -0.0]))
+    (array([0.], dtype=float32), None)
+    """
+    arr = np.asarray(arr)
+    size = arr.dtype.itemsize
+    if arr.size == 0 or size not in (1, 2, 4, 8) or not arr.flags.c_contiguous:
+        return None
+    flat = arr.reshape(-1)
+    bits = flat.view(np.dtype(f"u{size}"))
+    first = bits[0]
+    if np.count_nonzero(bits[:_PREFIX] != first):
+        return None
+    for start in range(_PREFIX, bits.size, _CHUNK):
+        chunk = bits[start:start + _CHUNK]
+        # zeros (the usual case) need no temporary mask at all
+        if np.count_nonzero(chunk if first == 0 else chunk != first):
+            return None
+    return flat[:1].copy()
+
+
+def filled(value, shape):
+    """An array of ``shape`` whose every element has the bits of ``value[0]``."""
+    value = np.asarray(value)
+    unsigned = np.dtype(f"u{value.dtype.itemsize}")
+    out = np.empty(shape, value.dtype)
+    out.reshape(-1).view(unsigned)[...] = value.view(unsigned)[0]
+    return out
 
 
 def dtype_name(dtype) -> str:

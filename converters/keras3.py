@@ -84,6 +84,13 @@ class Keras3Adapter(KerasAdapter):
     def assign(self, var, value):
         var.assign(value)
 
+    def var_view(self, var):
+        # A TensorFlow read tensor aliases the variable's buffer; numpy views it in place.
+        inner = getattr(var, "value", var)
+        if hasattr(inner, "read_value"):
+            return np.asarray(inner.read_value())
+        return super().var_view(var)
+
     def snapshot(self, var):
         # TensorFlow keeps a read tensor alive and copies on the next write: no data copy here.
         inner = getattr(var, "value", var)

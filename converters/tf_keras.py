@@ -73,6 +73,12 @@ class TfKerasAdapter(KerasAdapter):
     def assign(self, var, value):
         var.assign(value)
 
+    def var_view(self, var):
+        # A TensorFlow read tensor aliases the variable's buffer; numpy views it in place.
+        if isinstance(var, tf.Variable):
+            return np.asarray(var.read_value())
+        return super().var_view(var)
+
     def snapshot(self, var):
         # TensorFlow keeps a read tensor alive and copies on the next write: no data copy here.
         if isinstance(var, tf.Variable):

@@ -7,7 +7,8 @@ import pytest
 
 MODULES = ["optstate_format", "optstate_format._check", "optstate_format._dtypes",
            "optstate_format._identity", "optstate_format._io", "optstate_format._paths",
-           "optstate_format._registry", "optstate_format._state"]
+           "optstate_format._registry", "optstate_format._state",
+           "optstate_format.converters._keras_base"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -151,6 +151,64 @@ def test_failure_injected_during_assignment_rolls_everything_back(tmp_path, monk
         np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.parametrize("opt", ["adam", "adagrad"])
+def test_failure_importing_into_a_fresh_model_restores_its_initial_slots(tmp_path, monkeypatch,
+                                                                          opt):
+    """A rebuilt model's optimizer is journalled as constants (no copy), restored bitwise."""
+    a, _ = small_model(opt)
+    train(a, 2)
+    path = osf.export_state(a, tmp_path / "a.optstate")
+    b, _ = small_model(opt)
+    b.optimizer.build(b.trainable_variables)
+    fresh = opt_values(b)
+    entries = [conv._ADAPTER.journal_entry(v) for v in b.optimizer.variables]
+    assert all(kind == "fill" and value.size == 1 for kind, value, _ in entries)
+    if opt == "adagrad":  # a non-zero initial accumulator is a constant too
+        assert any(value[0] == np.float32(0.1) for _, value, _ in entries)
+    calls = {"n": 0}
+    real = conv._ADAPTER.assign
+
+    def flaky(var, value):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise RuntimeError("device went away")
+        real(var, value)
+
+    monkeypatch.setattr(conv._ADAPTER, "assign", flaky)
+    with pytest.raises(osf.OptStateError) as e:
+        osf.import_state(b, path)
+    assert e.value.code == "E_ASSIGN"
+    for x, y in zip(fresh, opt_values(b)):
+        assert x.tobytes() == y.tobytes()
+
+
+def test_interrupt_during_assignment_restores_everything_and_is_reraised(tmp_path, monkeypatch):
+    a, _ = small_model("adam")
+    train(a, 2)
+    path = osf.export_state(a, tmp_path / "a.optstate", include_weights=True)
+    b, _ = small_model("adam")
+    train(b, 1, seed=3)
+    before, wbefore = opt_values(b), [w.copy() for w in b.get_weights()]
+    entries = [conv._ADAPTER.journal_entry(v) for v in b.optimizer.variables]
+    assert any(kind == "value" for kind, _, _ in entries)  # trained slots are kept whole
+    calls = {"n": 0}
+    real = conv._ADAPTER.assign
+
+    def interrupted(var, value):
+        calls["n"] += 1
+        if calls["n"] == 9:
+            raise KeyboardInterrupt
+        real(var, value)
+
+    monkeypatch.setattr(conv._ADAPTER, "assign", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        osf.import_state(b, path, include_weights=True)
+    for x, y in zip(before, opt_values(b)):
+        assert x.tobytes() == y.tobytes()
+    for x, y in zip(wbefore, b.get_weights()):
+        assert x.tobytes() == y.tobytes()
+
+
 def test_corrupt_file_changes_nothing(tmp_path):
     a, _ = small_model("adam")
     train(a, 1)
