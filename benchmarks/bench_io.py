@@ -95,7 +95,9 @@ def run_interleaved(ops, repeats):
     """Each op once to warm up (not counted), then ``repeats`` rounds of every op in turn.
 
     Interleaving spreads the machine's drift (page cache, other tenants) over all the
-    operations instead of charging it to whichever ran during a slow spell.
+    operations instead of charging it to whichever ran during a slow spell; an
+    untimed ``sync`` before each keeps one operation's pending disk writes from
+    being paid by the next.
     """
     for name, fn, setup in ops:
         if setup:
@@ -108,6 +110,7 @@ def run_interleaved(ops, repeats):
             if setup:
                 setup()
             gc.collect()
+            os.sync()  # the previous operation's dirty pages are not this one's to write
             with Peak() as p:
                 t0 = time.perf_counter()
                 fn()
@@ -150,6 +153,8 @@ def bench_size(mb, repeats, folder):
     ops = [
         ("floor export", floor_export, None),
         ("optstate export", lambda: osf.export_state(model, d / "s.optstate"), None),
+        ("optstate export, fsync=False",
+         lambda: osf.export_state(model, d / "s2.optstate", fsync=False), None),
         (".keras save", lambda: model.save(d / "m.keras"), None),
         ("tf.train.Checkpoint write", lambda: ckpt.write(str(d / "ckpt")), None),
         ("floor import", floor_import, None),

@@ -346,11 +346,11 @@ class KerasAdapter:
             metadata=dict(metadata or {}))
 
     def export_state(self, model, path, *, optimizer=None, include_weights=False,
-                     metadata=None):
+                     metadata=None, fsync=True):
         """Write the model's optimizer state to ``path`` (see optstate_format.export_state)."""
         state = self.extract_state(model, optimizer=optimizer,
                                    include_weights=include_weights, metadata=metadata)
-        return write(state, path)
+        return write(state, path, fsync=fsync)
 
     def describe_target(self, model, opt):
         parts = self.optimizer_parts(opt, model)

@@ -46,14 +46,20 @@ def _converter_for(model):
                            f"{mod}); supported: Keras 3 and tf_keras models.")
 
 
-def export_state(model, path, *, optimizer=None, include_weights=False, metadata=None):
+def export_state(model, path, *, optimizer=None, include_weights=False, metadata=None,
+                 fsync=True):
     """Write ``model``'s optimizer state (and weights if asked) to ``path``; return the path.
+
+    The file appears under ``path`` only once complete (written beside it, then
+    renamed). ``fsync`` (default True) also waits until the bytes are on the disk,
+    so the file survives a power loss or an OS crash; ``fsync=False`` skips that
+    wait (a killed process still never leaves a partial file).
 
     >>> # export_state(model, "run.optstate", include_weights=True)
     """
     return _converter_for(model).export_state(model, path, optimizer=optimizer,
                                               include_weights=include_weights,
-                                              metadata=metadata)
+                                              metadata=metadata, fsync=fsync)
 
 
 def import_state(model, path, *, optimizer=None, strict=True, mapping=None,
@@ -63,8 +69,12 @@ def import_state(model, path, *, optimizer=None, strict=True, mapping=None,
     All-or-nothing: on any problem a :class:`MatchError` lists them all and
     nothing is changed. Returns an :class:`ImportReport`. Every check runs before
     the first assignment; ``rollback`` (default True) also keeps the previous
-    values until the last assignment succeeds, so even a framework failure
-    mid-way leaves everything as it was (``rollback=False`` saves that memory).
+    values until the last assignment succeeds, so even a framework failure or an
+    interrupt mid-way leaves everything as it was. The journal keeps a variable
+    whose elements are all the same (a fresh optimizer's slots) as that one value,
+    and any other as the framework's own buffer: importing into a rebuilt model
+    costs no second copy; into an optimizer that holds trained state it costs one
+    copy of that state, which ``rollback=False`` saves.
 
     >>> # report = import_state(rebuilt_model, "run.optstate"); print(report)
     """

@@ -170,3 +170,18 @@ def test_errors_subclass_matching_builtins():
     assert issubclass(osf.MatchError, ValueError)
     for cls in (osf.FormatError, osf.IntegrityError, osf.MatchError, osf.VersionError):
         assert issubclass(cls, osf.OptStateError)
+
+
+@pytest.mark.parametrize("durable", [True, False])
+def test_fsync_waits_for_the_disk_only_when_asked_and_the_file_is_the_same(tmp_path,
+                                                                            monkeypatch, durable):
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real(fd))[1])
+    state = adam_state()
+    p = osf.write(state, tmp_path / f"s{durable}.optstate", fsync=durable)
+    assert len(synced) == (2 if durable else 0)  # the file, then its folder's entry
+    monkeypatch.undo()
+    q = osf.write(state, tmp_path / "ref.optstate")
+    assert p.read_bytes() == q.read_bytes()
+    assert [f.name for f in tmp_path.iterdir() if f.name.endswith(".tmp")] == []
