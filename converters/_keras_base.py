@@ -8,7 +8,6 @@ keeps its slots). Everything here only describes; the core decides.
 from __future__ import annotations
 
 import re
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,7 +15,7 @@ import numpy as np
 from optstate_format import _dtypes, _registry
 from optstate_format._errors import OptStateError, UnsupportedError
 from optstate_format._identity import Graph, Layer, Node, weight_identities
-from optstate_format._io import read_deferred, write
+from optstate_format._io import read, write
 from optstate_format._match import SlotTarget, TargetState, TargetWeight, plan_import
 from optstate_format._paths import NAME_RE, sanitize_segment
 from optstate_format._state import LazyTensor, OptimizerInfo, OptimizerState, WeightEntry
@@ -380,23 +379,10 @@ class KerasAdapter:
     def import_state(self, model, path, *, optimizer=None, strict=True, mapping=None,
                      include_weights=False, rollback=True):
         """Import ``path`` into the model (see optstate_format.import_state)."""
-        state, verify = read_deferred(path)
-        opt = self._opt(model, optimizer)
-        target = self.describe_target(model, opt)  # builds an unbuilt optimizer first
-        report, assignments = plan_import(state, target, mapping=mapping, strict=strict,
-                                          include_weights=include_weights)
-        journal = None
-        if rollback:
-            # The checksums and the journal (a read of every variable to be overwritten)
-            # are both memory-bound: run them side by side, both before the first write.
-            with ThreadPoolExecutor(max_workers=1) as pool:
-                pending = pool.submit(lambda: [self.journal_entry(v) for v, _ in assignments])
-                verify()
-                journal = pending.result()
-        else:
-            verify()
-        self.assign_all(assignments, rollback=rollback, journal=journal)
-        return report
+        state = read(path, verify=True)
+        return self.apply_state(model, state, optimizer=optimizer, strict=strict,
+                                mapping=mapping, include_weights=include_weights,
+                                rollback=rollback)
 
     def ensure_built(self, opt, model):
         raise NotImplementedError
@@ -427,26 +413,19 @@ class KerasAdapter:
         kind, value, shape = entry
         self.assign(var, filled(value, shape) if kind == "fill" else value)
 
-    def assign_all(self, assignments, rollback=True, journal=None):
+    def assign_all(self, assignments, rollback=True):
         """Assign every (variable, array); on any failure restore what was assigned.
 
         Everything was validated and converted before this point; the journal guards
         against the framework failing mid-way (device errors) and against an
         interrupt (Ctrl-C): the interrupt is re-raised once everything is restored.
         ``rollback=False`` skips the journal (no snapshot of non-constant old values)
-        at the price of that guarantee. ``journal``: entries already taken, one per
-        assignment, in order.
+        at the price of that guarantee.
         """
-        entries = journal
         journal = []
         try:
-            for i, (var, arr) in enumerate(assignments):
-                if not rollback:
-                    entry = None
-                elif entries is not None:
-                    entry = entries[i]
-                else:
-                    entry = self.journal_entry(var)
+            for var, arr in assignments:
+                entry = self.journal_entry(var) if rollback else None
                 self.assign(var, arr)
                 journal.append((var, entry))
         except BaseException as e:
