@@ -11,8 +11,8 @@ for the model's framework, imported only when used.
 """
 
 from ._check import CheckReport, check
-from ._errors import (FormatError, IntegrityError, MatchError, OptStateError, UnsupportedError,
-                      VersionError)
+from ._errors import (FormatError, IntegrityError, MatchError, OptStateError, StorageError,
+                      UnsupportedError, VersionError)
 from ._io import read, read_header, write
 from ._match import ImportReport, plan_import
 from ._registry import ALGORITHMS
@@ -25,7 +25,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ALGORITHMS", "CheckReport", "FORMAT_VERSION", "FormatError", "ImportReport",
     "IntegrityError", "LazyTensor", "MatchError", "OptStateError", "OptimizerInfo",
-    "OptimizerState", "UnsupportedError", "VERSION_TABLE", "VersionError", "WeightEntry",
+    "OptimizerState", "StorageError", "UnsupportedError", "VERSION_TABLE", "VersionError", "WeightEntry",
     "check", "export_state", "import_state", "plan_import", "read", "read_header",
     "transfer_state", "write",
 ]

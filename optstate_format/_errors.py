@@ -68,3 +68,15 @@ class UnsupportedError(OptStateError, TypeError):
     """The model, optimizer or value is of a kind this version cannot handle."""
 
     default_code = "E_UNSUPPORTED"
+
+
+class StorageError(OptStateError, OSError):
+    """The destination cannot be written (missing folder, a folder at the path, no
+    permission, disk full). Also an ``OSError``; ``errno`` is the system's."""
+
+    default_code = "E_WRITE"
+
+    def __init__(self, message: str, *, errno: int | None = None, code: str | None = None,
+                 path: str | None = None):
+        super().__init__(message, code=code, path=path)
+        self.errno = errno

@@ -20,7 +20,7 @@ import msgpack
 import numpy as np
 
 from . import _dtypes, _registry
-from ._errors import FormatError, IntegrityError, OptStateError, VersionError
+from ._errors import FormatError, IntegrityError, OptStateError, StorageError, VersionError
 from ._registry import MULTI
 from ._paths import HEADER_KEY, check_name, check_path, global_key, slot_key, value_key
 from ._state import LazyTensor, OptimizerInfo, OptimizerState, WeightEntry
@@ -210,7 +210,10 @@ def write(state: OptimizerState, path, *, fsync: bool = True) -> Path:
     reserved = len(placeholder)
     reserved += (-(8 + reserved)) % _ALIGN
     folder = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".optstate.tmp", dir=folder)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".optstate.tmp", dir=folder)
+    except OSError as e:
+        raise _storage_error(e, path) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.seek(8 + reserved)
@@ -242,11 +245,13 @@ def write(state: OptimizerState, path, *, fsync: bool = True) -> Path:
             if fsync:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(e, OSError) and not isinstance(e, OptStateError):
+            raise _storage_error(e, path) from e
         raise
     if fsync:
         try:
@@ -258,6 +263,18 @@ def write(state: OptimizerState, path, *, fsync: bool = True) -> Path:
         except OSError:  # pragma: no cover - platform without directory fsync
             pass
     return path
+
+
+def _storage_error(e: OSError, path: Path) -> StorageError:
+    why = e.strerror or type(e).__name__
+    if isinstance(e, IsADirectoryError) or path.is_dir():
+        fix = "the path is a folder: name a file inside it"
+    elif not path.parent.exists():
+        fix = f"the folder {str(path.parent)!r} does not exist: create it first"
+    else:
+        fix = "check that the folder is writable and the disk has room"
+    return StorageError(f"cannot write {str(path)!r}: {why}; {fix}. Nothing was left behind.",
+                        errno=e.errno)
 
 
 # ----------------------------------------------------------------------------- reading

@@ -185,3 +185,25 @@ def test_fsync_waits_for_the_disk_only_when_asked_and_the_file_is_the_same(tmp_p
     q = osf.write(state, tmp_path / "ref.optstate")
     assert p.read_bytes() == q.read_bytes()
     assert [f.name for f in tmp_path.iterdir() if f.name.endswith(".tmp")] == []
+
+
+def test_unwritable_destinations_raise_storage_errors_and_leave_nothing(tmp_path, monkeypatch):
+    state = adam_state()
+    cases = {tmp_path / "missing" / "s.optstate": "does not exist",
+             tmp_path: "is a folder"}
+    for dest, fix in cases.items():
+        with pytest.raises(osf.StorageError) as e:
+            osf.write(state, dest)
+        assert e.value.code == "E_WRITE" and isinstance(e.value, OSError) and fix in str(e.value)
+    # the disk filling up mid-write: the error names it, no temporary file remains
+    import errno as _errno
+
+    def full(*a):
+        raise OSError(_errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(osf.StorageError) as e:
+        osf.write(state, tmp_path / "s.optstate")
+    assert e.value.errno == _errno.ENOSPC and "No space left" in str(e.value)
+    monkeypatch.undo()
+    assert sorted(f.name for f in tmp_path.iterdir()) == []
