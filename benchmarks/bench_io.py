@@ -167,6 +167,13 @@ def bench_size(mb, repeats, folder):
         ("tf.train.Checkpoint read", lambda: ckpt_t.read(str(d / "ckpt")), None),
     ]
     rows = run_interleaved(ops, repeats)
+    # What the rollback journal keeps (exact, not sampled): whole buffers for variables
+    # whose elements differ, one element for constant ones.
+    new_fresh()
+    for name, m in (("journal, trained target", target), ("journal, fresh target", fresh["m"])):
+        entries = [conv._ADAPTER.journal_entry(v) for v in slot_vars(m)]
+        rows[name] = sum(int(np.asarray(value).nbytes) for _, value, _ in entries)
+        del entries
     fresh.clear()
     largest = max(int(np.prod(v.shape)) * 4 for v in slot_vars(model))
     for f in d.iterdir():
@@ -248,6 +255,7 @@ def main():
         print("| operation | seconds (median) | min - max | x floor | "
               "peak extra private RSS (MB) |")
         print("| --- | --- | --- | --- | --- |")
+        journal = {k: rows.pop(k) for k in list(rows) if k.startswith("journal")}
         for name, (t, lo, hi, mem) in rows.items():
             floor = rows["floor export" if any(k in name for k in (
                 "export", "save", "write")) else "floor import"][0]
@@ -260,6 +268,8 @@ def main():
               f"faster than .keras load_weights, "
               f"{rows['tf.train.Checkpoint read'][0] / ours['import']:.2f}x faster than "
               "Checkpoint read")
+        print("rollback journal holds: " + "; ".join(
+            f"{k.split(', ')[1]} {v / 1e6:.3f} MB" for k, v in journal.items()))
     print("\n### Matching (structural identity + plan), deep residual stacks")
     print("| layers | core identity only (s) | Keras layers | describe + match, Keras (s) |")
     print("| --- | --- | --- | --- |")

@@ -404,10 +404,11 @@ class KerasAdapter:
         importing into a rebuilt model keeps no second copy of the state; any other
         value is kept as a snapshot.
         """
-        value = constant_value(self.var_view(var))  # the view is dropped before assigning
+        snap = self.snapshot(var)
+        value = constant_value(np.asarray(snap))  # the view is dropped before assigning
         if value is not None:
             return ("fill", value, self.var_shape(var))
-        return ("value", self.snapshot(var), None)
+        return ("value", snap, None)
 
     def restore(self, var, entry):
         kind, value, shape = entry

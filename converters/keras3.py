@@ -91,17 +91,18 @@ class Keras3Adapter(KerasAdapter):
             var.assign(value)
 
     def var_view(self, var):
-        # A TensorFlow read tensor aliases the variable's buffer; numpy views it in place.
+        # A TensorFlow read tensor shares the variable's buffer; numpy views it in place.
         inner = getattr(var, "value", var)
         if hasattr(inner, "read_value"):
-            return np.asarray(inner.read_value())
+            return np.asarray(inner.value())
         return super().var_view(var)
 
     def snapshot(self, var):
-        # TensorFlow keeps a read tensor alive and copies on the next write: no data copy here.
+        # A TensorFlow read tensor shares the variable's buffer, which an assignment then
+        # leaves alone (it writes to a new one): a snapshot without copying.
         inner = getattr(var, "value", var)
         if hasattr(inner, "read_value"):
-            return inner.read_value()
+            return inner.value()
         return super().snapshot(var)
 
     def framework_version(self):

@@ -74,15 +74,16 @@ class TfKerasAdapter(KerasAdapter):
         var.assign(value)
 
     def var_view(self, var):
-        # A TensorFlow read tensor aliases the variable's buffer; numpy views it in place.
+        # A TensorFlow read tensor shares the variable's buffer; numpy views it in place.
         if isinstance(var, tf.Variable):
-            return np.asarray(var.read_value())
+            return np.asarray(var.value())
         return super().var_view(var)
 
     def snapshot(self, var):
-        # TensorFlow keeps a read tensor alive and copies on the next write: no data copy here.
+        # A TensorFlow read tensor shares the variable's buffer, which an assignment then
+        # leaves alone (it writes to a new one): a snapshot without copying.
         if isinstance(var, tf.Variable):
-            return var.read_value()
+            return var.value()
         return super().snapshot(var)
 
     def framework_version(self):
