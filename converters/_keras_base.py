@@ -387,14 +387,15 @@ class KerasAdapter:
     def ensure_built(self, opt, model):
         raise NotImplementedError
 
-    def var_view(self, var):
-        """The variable's current value as a read-only array, without a copy where the
-        framework allows (framework hook; the default copies)."""
-        return np.asarray(self.var_numpy(var))
-
     def snapshot(self, var):
-        """The variable's current value, kept for rollback (a copy unless overridden)."""
+        """The variable's current value as of now, unaffected by later assignments
+        (framework hook: a copy by default; TensorFlow shares the buffer instead)."""
         return np.array(self.var_numpy(var))
+
+    def var_view(self, var):
+        """The variable's current value as an array, without a copy where the
+        framework's snapshot shares its buffer."""
+        return np.asarray(self.snapshot(var))
 
     def journal_entry(self, var):
         """What restores ``var`` to its current value if the import fails.

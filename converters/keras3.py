@@ -81,27 +81,28 @@ class Keras3Adapter(KerasAdapter):
     def var_numpy(self, var):
         return np.asarray(var.numpy())
 
+    @staticmethod
+    def _tf_variable(var):
+        """The TensorFlow variable behind a Keras variable (TensorFlow backend), or None."""
+        inner = getattr(var, "value", None)
+        if inner is not None and hasattr(inner, "read_value") and hasattr(inner, "assign"):
+            return inner
+        return None
+
     def assign(self, var, value):
-        inner = getattr(var, "value", var)
-        if inner is not var and hasattr(inner, "read_value") and hasattr(inner, "assign"):
+        inner = self._tf_variable(var)
+        if inner is not None:
             # The backend's TensorFlow variable, directly: the plan already checked shape
             # and dtype, which is all Keras's wrapper adds (and a sixth of the time).
             inner.assign(value)
         else:
             var.assign(value)
 
-    def var_view(self, var):
-        # A TensorFlow read tensor shares the variable's buffer; numpy views it in place.
-        inner = getattr(var, "value", var)
-        if hasattr(inner, "read_value"):
-            return np.asarray(inner.value())
-        return super().var_view(var)
-
     def snapshot(self, var):
         # A TensorFlow read tensor shares the variable's buffer, which an assignment then
         # leaves alone (it writes to a new one): a snapshot without copying.
-        inner = getattr(var, "value", var)
-        if hasattr(inner, "read_value"):
+        inner = self._tf_variable(var)
+        if inner is not None:
             return inner.value()
         return super().snapshot(var)
 

@@ -73,12 +73,6 @@ class TfKerasAdapter(KerasAdapter):
     def assign(self, var, value):
         var.assign(value)
 
-    def var_view(self, var):
-        # A TensorFlow read tensor shares the variable's buffer; numpy views it in place.
-        if isinstance(var, tf.Variable):
-            return np.asarray(var.value())
-        return super().var_view(var)
-
     def snapshot(self, var):
         # A TensorFlow read tensor shares the variable's buffer, which an assignment then
         # leaves alone (it writes to a new one): a snapshot without copying.

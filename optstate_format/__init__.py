@@ -25,8 +25,8 @@ __version__ = "0.1.0"
 __all__ = [
     "ALGORITHMS", "CheckReport", "FORMAT_VERSION", "FormatError", "ImportReport",
     "IntegrityError", "LazyTensor", "MatchError", "OptStateError", "OptimizerInfo",
-    "OptimizerState", "StorageError", "UnsupportedError", "VERSION_TABLE", "VersionError", "WeightEntry",
-    "check", "export_state", "import_state", "plan_import", "read", "read_header",
+    "OptimizerState", "StorageError", "UnsupportedError", "VERSION_TABLE", "VersionError",
+    "WeightEntry", "check", "export_state", "import_state", "plan_import", "read", "read_header",
     "transfer_state", "write",
 ]
 
