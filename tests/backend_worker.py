@@ -1,0 +1,113 @@
+"""Run by test_keras3_backends.py in a fresh process, under the Keras backend it is given.
+
+usage: backend_worker.py BACKEND MODE FILE OUT
+  export   train the two-branch model (a built first) 3 steps, export FILE with weights
+  import   build it b first with an Activation in branch a, import FILE with weights
+  resume   N steps, export FILE, import into a model built b first, M steps: against N+M
+  rollback a failure injected mid-import restores trained and fresh optimizers bitwise
+OUT (npz) receives each role's slots and weights, so that the test compares by role.
+"""
+
+import os
+import sys
+
+os.environ["KERAS_BACKEND"] = sys.argv[1]
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.path.dirname(__file__))
+
+import numpy as np  # noqa: E402
+import keras  # noqa: E402
+
+import optstate_format as osf  # noqa: E402
+from keras_models import two_branch  # noqa: E402
+
+assert keras.backend.backend() == sys.argv[1]
+
+
+def batch(i):
+    rng = np.random.default_rng(100 + i)
+    return (rng.standard_normal((8, 6)).astype("float32"),
+            rng.standard_normal((8, 1)).astype("float32"))
+
+
+def train(model, start, count):
+    for i in range(start, start + count):
+        model.train_on_batch(*batch(i))
+
+
+def by_role(model, roles):
+    """{role/weight/slot: array} through Keras's own variable index (the oracle)."""
+    opt = model.optimizer
+    out = {"iterations": np.array(opt.iterations.numpy())}
+    for role, layer in roles.items():
+        for v in layer.trainable_weights:
+            i = opt._get_variable_index(v)
+            out[f"{role}/{v.name}/m"] = np.array(opt._momentums[i].numpy())
+            out[f"{role}/{v.name}/v"] = np.array(opt._velocities[i].numpy())
+            out[f"{role}/{v.name}/value"] = np.array(v.numpy())
+    return out
+
+
+def main():
+    _, mode, file, out = sys.argv[1:5]
+    if mode == "export":
+        model, roles = two_branch()
+        train(model, 0, 3)
+        osf.export_state(model, file, include_weights=True)
+        np.savez(out, **by_role(model, roles))
+    elif mode == "import":
+        model, roles = two_branch(insert_activation=True, b_first=True)
+        osf.import_state(model, file, include_weights=True)
+        np.savez(out, **by_role(model, roles))
+    elif mode == "resume":
+        full, roles_full = two_branch()
+        first, _ = two_branch()
+        first.set_weights(full.get_weights())  # the same start (built in the same order)
+        train(full, 0, 5)
+        train(first, 0, 3)
+        osf.export_state(first, file, include_weights=True)
+        second, roles_second = two_branch(b_first=True)
+        osf.import_state(second, file, include_weights=True)
+        train(second, 3, 2)
+        a, b = by_role(full, roles_full), by_role(second, roles_second)
+        np.savez(out, **{f"full:{k}": v for k, v in a.items()},
+                 **{f"resumed:{k}": v for k, v in b.items()})
+    elif mode == "rollback":
+        src, _ = two_branch()
+        train(src, 0, 2)
+        osf.export_state(src, file, include_weights=True)
+        results = {}
+        for name, steps in (("trained", 1), ("fresh", 0)):
+            dst, roles = two_branch(b_first=True)
+            dst.optimizer.build(dst.trainable_variables)
+            train(dst, 7, steps)
+            before = by_role(dst, roles)
+            from optstate_format.converters import keras3 as conv
+            real, calls = conv._ADAPTER.assign, {"n": 0}
+
+            def flaky(var, value):
+                calls["n"] += 1
+                if calls["n"] == 6:
+                    raise RuntimeError("device went away")
+                real(var, value)
+
+            conv._ADAPTER.assign = flaky
+            try:
+                osf.import_state(dst, file, include_weights=True)
+                raise SystemExit("the injected failure did not surface")
+            except osf.OptStateError as e:
+                assert e.code == "E_ASSIGN", e
+            finally:
+                conv._ADAPTER.assign = real
+            after = by_role(dst, roles)
+            assert calls["n"] > 6
+            for k in before:
+                results[f"{name}:before:{k}"] = before[k]
+                results[f"{name}:after:{k}"] = after[k]
+        np.savez(out, **results)
+    else:
+        raise SystemExit(f"unknown mode {mode}")
+
+
+if __name__ == "__main__":
+    main()
