@@ -9,7 +9,9 @@ STAMP  := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[keras,tf-keras,jax,test]'
+	# torch 2.13.0 is the CPU build on the project machine's disk (a looser range would take a
+	# CUDA build of several GB); it only serves the Keras 3 torch-backend tests.
+	$(BIN)/python -m pip install --quiet -e '.[keras,tf-keras,jax,test]' 'torch==2.13.0'
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -155,9 +155,24 @@ class Keras3Adapter(KerasAdapter):
                 globals_[f"component.{i}.{name}"] = v
         return parts
 
+    @staticmethod
+    def _builtin_class(opt):
+        """The Keras built-in optimizer class ``opt`` is, or None for any other class.
+
+        A backend's own subclass of a built-in (the torch backend's Adam, for one) is that
+        built-in: same update rule, same variables. A user's subclass is not.
+        """
+        cls = type(opt)
+        if cls.__module__.startswith("keras.src.backend."):
+            cls = next((b for b in cls.__mro__[1:]
+                        if b.__module__.startswith("keras.src.optimizers.")), cls)
+        return cls if cls.__module__.startswith("keras.src.optimizers.") else None
+
     def _single_parts(self, opt, wrappers, globals_):
-        cls = type(opt).__name__
-        builtin = type(opt).__module__.startswith("keras.src.optimizers")
+        known = self._builtin_class(opt)
+        builtin = known is not None
+        cls = (known or type(opt)).__name__
+        module = (known or type(opt)).__module__
         alg = generic_or(self.registry_key, cls, builtin)
         attr_map = _registry.attr_to_slot(self.registry_key, alg if builtin else "")
         tvars = list(opt._trainable_variables)
@@ -173,7 +188,7 @@ class Keras3Adapter(KerasAdapter):
         else:
             lr = {"kind": "callable", "repr": repr(sched)}
         step = int(np.asarray(opt._iterations.numpy()))
-        return {"algorithm": alg, "class_name": cls, "module": type(opt).__module__,
+        return {"algorithm": alg, "class_name": cls, "module": module,
                 "hyperparameters": self.data_only(cfg), "learning_rate": lr,
                 "wrappers": wrappers, "slots": slots, "globals": globals_, "step": step}
 

@@ -5,6 +5,7 @@ usage: backend_worker.py BACKEND MODE FILE OUT
   import   build it b first with an Activation in branch a, import FILE with weights
   resume   N steps, export FILE, import into a model built b first, M steps: against N+M
   rollback a failure injected mid-import restores trained and fresh optimizers bitwise
+  optimizers  each built-in optimizer: export, import (b first), one more step on both
 OUT (npz) receives each role's slots and weights, so that the test compares by role.
 """
 
@@ -22,6 +23,11 @@ import optstate_format as osf  # noqa: E402
 from keras_models import two_branch  # noqa: E402
 
 assert keras.backend.backend() == sys.argv[1]
+
+
+OPTIMIZERS = {"SGD": {"momentum": 0.9, "nesterov": True}, "RMSprop": {"centered": True},
+              "Adam": {"amsgrad": True}, "AdamW": {}, "Adadelta": {}, "Adagrad": {},
+              "Adamax": {}, "Adafactor": {}, "Nadam": {}, "Ftrl": {}, "Lion": {}, "Lamb": {}}
 
 
 def batch(i):
@@ -104,6 +110,24 @@ def main():
             for k in before:
                 results[f"{name}:before:{k}"] = before[k]
                 results[f"{name}:after:{k}"] = after[k]
+        np.savez(out, **results)
+    elif mode == "optimizers":
+        # every built-in optimizer: export, import into a model built b-first, then one
+        # more step on both with the same batch must give the same weights, role by role
+        results = {}
+        for name, kw in OPTIMIZERS.items():
+            src, roles_src = two_branch(optimizer=getattr(keras.optimizers, name)(**kw))
+            train(src, 0, 2)
+            osf.export_state(src, file, include_weights=True)
+            dst, roles_dst = two_branch(b_first=True,
+                                        optimizer=getattr(keras.optimizers, name)(**kw))
+            osf.import_state(dst, file, include_weights=True)
+            train(src, 5, 1)
+            train(dst, 5, 1)
+            for role, layer in roles_src.items():
+                for v, w in zip(layer.trainable_weights, roles_dst[role].trainable_weights):
+                    results[f"{name}:{role}/{v.name}:src"] = np.array(v.numpy())
+                    results[f"{name}:{role}/{v.name}:dst"] = np.array(w.numpy())
         np.savez(out, **results)
     else:
         raise SystemExit(f"unknown mode {mode}")
