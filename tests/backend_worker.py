@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 import keras  # noqa: E402
 
 import optstate_format as osf  # noqa: E402
+from optstate_format.converters import keras3 as conv  # noqa: E402
 from keras_models import two_branch  # noqa: E402
 
 assert keras.backend.backend() == sys.argv[1]
@@ -88,7 +89,6 @@ def main():
             dst.optimizer.build(dst.trainable_variables)
             train(dst, 7, steps)
             before = by_role(dst, roles)
-            from optstate_format.converters import keras3 as conv
             real, calls = conv._ADAPTER.assign, {"n": 0}
 
             def flaky(var, value):
