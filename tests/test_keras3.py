@@ -125,6 +125,21 @@ def test_changed_units_is_a_match_error_naming_the_weight_and_nothing_changes(tm
         np.testing.assert_array_equal(x, y)
 
 
+def fail_assignment(monkeypatch, at, exc):
+    """Make the converter's ``at``-th assignment raise ``exc``; return the call counter."""
+    calls = {"n": 0}
+    real = conv._ADAPTER.assign
+
+    def failing(var, value):
+        calls["n"] += 1
+        if calls["n"] == at:
+            raise exc
+        real(var, value)
+
+    monkeypatch.setattr(conv._ADAPTER, "assign", failing)
+    return calls
+
+
 def test_failure_injected_during_assignment_rolls_everything_back(tmp_path, monkeypatch):
     a, _ = small_model("adam")
     train(a, 2)
@@ -132,16 +147,7 @@ def test_failure_injected_during_assignment_rolls_everything_back(tmp_path, monk
     b, _ = small_model("adam")
     train(b, 1, seed=3)
     before, wbefore = opt_values(b), [w.copy() for w in b.get_weights()]
-    calls = {"n": 0}
-    real = conv._ADAPTER.assign
-
-    def flaky(var, value):
-        calls["n"] += 1
-        if calls["n"] == 7:
-            raise RuntimeError("device went away")
-        real(var, value)
-
-    monkeypatch.setattr(conv._ADAPTER, "assign", flaky)
+    calls = fail_assignment(monkeypatch, 7, RuntimeError("device went away"))
     with pytest.raises(osf.OptStateError) as e:
         osf.import_state(b, path, include_weights=True)
     assert e.value.code == "E_ASSIGN" and calls["n"] > 7
@@ -165,19 +171,10 @@ def test_failure_importing_into_a_fresh_model_restores_its_initial_slots(tmp_pat
     assert all(kind == "fill" and value.size == 1 for kind, value, _ in entries)
     if opt == "adagrad":  # a non-zero initial accumulator is a constant too
         assert any(value[0] == np.float32(0.1) for _, value, _ in entries)
-    calls = {"n": 0}
-    real = conv._ADAPTER.assign
-
-    def flaky(var, value):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise RuntimeError("device went away")
-        real(var, value)
-
-    monkeypatch.setattr(conv._ADAPTER, "assign", flaky)
+    calls = fail_assignment(monkeypatch, 5, RuntimeError("device went away"))
     with pytest.raises(osf.OptStateError) as e:
         osf.import_state(b, path)
-    assert e.value.code == "E_ASSIGN"
+    assert e.value.code == "E_ASSIGN" and calls["n"] > 5
     for x, y in zip(fresh, opt_values(b)):
         assert x.tobytes() == y.tobytes()
 
@@ -191,18 +188,10 @@ def test_interrupt_during_assignment_restores_everything_and_is_reraised(tmp_pat
     before, wbefore = opt_values(b), [w.copy() for w in b.get_weights()]
     entries = [conv._ADAPTER.journal_entry(v) for v in b.optimizer.variables]
     assert any(kind == "value" for kind, _, _ in entries)  # trained slots are kept whole
-    calls = {"n": 0}
-    real = conv._ADAPTER.assign
-
-    def interrupted(var, value):
-        calls["n"] += 1
-        if calls["n"] == 9:
-            raise KeyboardInterrupt
-        real(var, value)
-
-    monkeypatch.setattr(conv._ADAPTER, "assign", interrupted)
+    calls = fail_assignment(monkeypatch, 9, KeyboardInterrupt())
     with pytest.raises(KeyboardInterrupt):
         osf.import_state(b, path, include_weights=True)
+    assert calls["n"] > 9  # the restores went through assign as well
     for x, y in zip(before, opt_values(b)):
         assert x.tobytes() == y.tobytes()
     for x, y in zip(wbefore, b.get_weights()):
