@@ -6,11 +6,28 @@ live in the core. Adapters are imported lazily, when a model of their framework
 is seen.
 """
 
-# The top-level module of a model's class -> the converter module that handles it. The
-# core looks a model up here (through its class's MRO) and imports the module only then;
-# each module exposes ``ADAPTER``, an ``optstate_format.adapter.Adapter``.
+
+
+def _keras3():
+    from . import keras3
+    return keras3.ADAPTER
+
+
+def _tf_keras():
+    from . import tf_keras
+    return tf_keras.ADAPTER
+
+
+def _torch():
+    from . import torch
+    return torch.ADAPTER
+
+
+# The top-level module of a model's class -> a loader of the adapter that handles it. The
+# core looks a model up here (through its class's MRO) and imports the converter only then;
+# each returns an ``optstate_format.adapter.Adapter``.
 ADAPTERS = {
-    "tf_keras": "tf_keras",
-    "keras": "keras3",
-    "torch": "torch",
+    "tf_keras": _tf_keras,
+    "keras": _keras3,
+    "torch": _torch,
 }

@@ -1,76 +1,111 @@
-"""Keras 3 (and tf.keras when it is Keras 3) adapter.
+"""Keras 3 adapter (tf.keras too, when it is Keras 3), on every backend.
 
-Describes a Keras 3 model (canonical paths, identity hints, graph) and its
-optimizer (canonical slot names from the registry, global variables), and moves
-arrays in and out. Public functions mirror the core's API.
+Describes a Keras 3 model (canonical paths, identity inputs, graph) and its
+optimizer (canonical slot names from ``_keras_tables.KERAS3``, global variables)
+as ``optstate_format.adapter`` records, and moves arrays in and out. Every
+private Keras name it touches is in ``PRIVATE`` below.
 """
 
 from __future__ import annotations
 
+import inspect
+import math
+import re
+
 import numpy as np
 
+import keras  # the converter is imported only when a Keras model is seen
+
 from optstate_format import _registry
-
-import inspect
-
-from optstate_format._errors import UnsupportedError
+from optstate_format._errors import FormatError, UnsupportedError
 from optstate_format._io import read
-from optstate_format._state import OptimizerState
+from optstate_format._state import OptimizerInfo, OptimizerState
+from optstate_format.adapter import OptimizerDescription
 
-from ._keras_base import KerasAdapter, dtype_name, generic_or
+from ._keras_graph import KerasAdapter, dtype_name, generic_or
+from ._keras_tables import KERAS3
+from ._private import PrivateAPI
 
-import keras  # noqa: E402  (the converter is imported only when a Keras model is seen)
-from keras.src.models.functional import Functional
+# The Keras 3 releases this converter is tested against (pyproject's keras extra).
+SUPPORTED = ">=3.8,<3.16"
 
-try:  # optional pieces of newer Keras releases
-    from keras.src.optimizers.multi_optimizer import MultiOptimizer
-except ImportError:  # pragma: no cover
-    MultiOptimizer = ()
+PRIVATE = PrivateAPI("keras", keras.__version__, SUPPORTED, attrs={
+    "_keras_history": "the (operation, node index, tensor index) that made a symbolic tensor",
+    "_inbound_nodes": "a layer's call nodes",
+    "_layers": "a layer's tracked sublayers",
+    "_trainable_variables": "the variables a layer or optimizer owns itself (trainable)",
+    "_non_trainable_variables": "the variables a layer owns itself (non-trainable)",
+    "_seed_generators": "a layer's random seed generators (their state is not a weight)",
+    "_flatten_layers": "every layer of a model, nested ones included",
+    "_variables": "every variable an optimizer owns",
+    "_iterations": "an optimizer's step counter",
+    "_learning_rate": "an optimizer's learning rate (variable or schedule)",
+}, modules={
+    "keras.src.models.functional:Functional": "the functional model class",
+    "keras.src.optimizers.multi_optimizer:MultiOptimizer": "the multi-optimizer class",
+})
+_GENERATED_WEIGHT = re.compile(r"^variable(_\d+)?$")
+_BUILTIN_MODULE = "keras.src.optimizers."
+
+
+def _multi_optimizer_class():
+    """MultiOptimizer where this Keras has one (newer releases), else None."""
+    try:
+        return PRIVATE.load("keras.src.optimizers.multi_optimizer:MultiOptimizer")
+    except UnsupportedError:
+        return None
 
 
 class Keras3Adapter(KerasAdapter):
     framework = "keras"
-    registry_key = "keras3"
     auto_model_names = ("functional", "sequential", "model")
+    private = PRIVATE
 
     layer_cls = keras.layers.Layer
     variable_cls = keras.Variable
     input_layer_cls = keras.layers.InputLayer
     sequential_cls = keras.Sequential
-    functional_cls = Functional
+    functional_cls = PRIVATE.load("keras.src.models.functional:Functional")
     model_cls = keras.Model
+    multi_cls = _multi_optimizer_class()
 
     def has_sublayers(self, layer):
-        return bool(getattr(layer, "_layers", True))
+        return bool(PRIVATE.get(layer, "_layers", True))
 
     def history(self, tensor):
-        h = tensor._keras_history
+        h = PRIVATE.get(tensor, "_keras_history")
         return h.operation, h.node_index, h.tensor_index
 
     def node_inputs(self, layer, node_index):
-        return list(layer._inbound_nodes[node_index].input_tensors)
+        return list(PRIVATE.get(layer, "_inbound_nodes")[node_index].input_tensors)
 
     def node_n_outputs(self, layer, node_index):
-        return len(layer._inbound_nodes[node_index].outputs)
+        return len(PRIVATE.get(layer, "_inbound_nodes")[node_index].outputs)
 
     def own_variables(self, layer):
-        seeds = {id(g.state) for g in getattr(layer, "_seed_generators", [])
+        seeds = {id(g.state) for g in PRIVATE.get(layer, "_seed_generators", [])
                  if getattr(g, "state", None) is not None}
-        own = list(getattr(layer, "_trainable_variables", [])) + list(
-            getattr(layer, "_non_trainable_variables", []))
+        own = list(PRIVATE.get(layer, "_trainable_variables", [])) + list(
+            PRIVATE.get(layer, "_non_trainable_variables", []))
         return [v for v in own if id(v) not in seeds]
+
+    def is_generated_weight_name(self, name):
+        # add_weight() without a name: Keras numbers "variable" by a process-wide counter
+        return bool(_GENERATED_WEIGHT.match(name))
 
     def _rng_ids(self, model):
         ids = set()
-        for layer in model._flatten_layers(include_self=True):
-            for g in getattr(layer, "_seed_generators", []):
+        for layer in PRIVATE.get(model, "_flatten_layers")(include_self=True):
+            for g in PRIVATE.get(layer, "_seed_generators", []):
                 if getattr(g, "state", None) is not None:
                     ids.add(id(g.state))
         return ids
 
     def describe_model(self, model):
+        desc = super().describe_model(model)
         rng = self._rng_ids(model)
-        return [(vi, h) for vi, h in super().describe_model(model) if id(vi.var) not in rng]
+        desc.weights = [w for w in desc.weights if id(w.variable.handle) not in rng]
+        return desc
 
     def var_name(self, var):
         return var.name
@@ -106,18 +141,18 @@ class Keras3Adapter(KerasAdapter):
             return inner.value()
         return super().snapshot(var)
 
+    def restore(self, var, snapshot):
+        self.assign(var, snapshot)
+
     def framework_version(self):
         return keras.__version__
 
     def producer_extra(self):
         return {"backend": keras.backend.backend()}
 
-    def ensure_built(self, opt, model):
+    def optimizer_parts(self, opt, model) -> OptimizerDescription:
         if not opt.built:
             opt.build(model.trainable_variables)
-
-    def optimizer_parts(self, opt, model):
-        self.ensure_built(opt, model)
         wrappers, globals_ = [], {}
         while isinstance(opt, keras.optimizers.LossScaleOptimizer):
             cfg = opt.get_config()
@@ -126,9 +161,10 @@ class Keras3Adapter(KerasAdapter):
             globals_["loss_scale.dynamic_scale"] = opt.dynamic_scale
             globals_["loss_scale.step_counter"] = opt.step_counter
             opt = opt.inner_optimizer
-        if MultiOptimizer and isinstance(opt, MultiOptimizer):
+        if self.multi_cls is not None and isinstance(opt, self.multi_cls):
             return self._multi_parts(opt, wrappers, globals_)
-        return self._single_parts(opt, wrappers, globals_)
+        info, slots, step = self._single_parts(opt, wrappers, globals_)
+        return OptimizerDescription(info, step, self.slot_sets(slots), self.globals_of(globals_))
 
     def _multi_parts(self, opt, wrappers, globals_):
         """MultiOptimizer: each inner optimizer is a component; its globals are prefixed."""
@@ -136,24 +172,25 @@ class Keras3Adapter(KerasAdapter):
         for attr, val in sorted(vars(opt).items()):
             if self.is_variable(val):
                 attr_of.setdefault(id(val), attr)
-        for v in opt._variables:  # the MultiOptimizer's own (its iteration counter)
+        for v in PRIVATE.get(opt, "_variables"):  # the MultiOptimizer's own (its counter)
             globals_[self.global_name(attr_of.get(id(v), v.name))] = v
-        cfg = self.data_only(opt.get_config())
-        parts = {"algorithm": _registry.MULTI, "class_name": type(opt).__name__,
-                 "module": type(opt).__module__, "hyperparameters": cfg, "learning_rate": {},
-                 "wrappers": wrappers, "slots": {}, "globals": globals_,
-                 "step": int(np.asarray(opt._iterations.numpy())), "components": [],
-                 "component_of": {}}
+        components, slots, component_of = [], {}, {}
         for i, inner in enumerate(opt.optimizers):
-            sub = self._single_parts(inner, [], {})
-            parts["components"].append({k: sub[k] for k in (
-                "algorithm", "class_name", "module", "hyperparameters", "learning_rate")})
-            for vid, slots in sub["slots"].items():
-                parts["slots"][vid] = slots
-                parts["component_of"][vid] = i
-            for name, v in sub["globals"].items():
+            sub_globals = {}
+            sub, sub_slots, _ = self._single_parts(inner, [], sub_globals)
+            components.append({"algorithm": sub.algorithm, "class_name": sub.class_name,
+                               "module": sub.module, "hyperparameters": sub.hyperparameters,
+                               "learning_rate": sub.learning_rate})
+            for vid, pair in sub_slots.items():
+                slots[vid] = pair
+                component_of[vid] = i
+            for name, v in sub_globals.items():
                 globals_[f"component.{i}.{name}"] = v
-        return parts
+        info = OptimizerInfo(_registry.MULTI, type(opt).__name__, type(opt).__module__,
+                             self.data_only(opt.get_config()), {}, wrappers, components)
+        step = int(np.asarray(PRIVATE.get(opt, "_iterations").numpy()))
+        return OptimizerDescription(info, step, self.slot_sets(slots, component_of),
+                                    self.globals_of(globals_))
 
     @staticmethod
     def _builtin_class(opt):
@@ -165,21 +202,22 @@ class Keras3Adapter(KerasAdapter):
         cls = type(opt)
         if cls.__module__.startswith("keras.src.backend."):
             cls = next((b for b in cls.__mro__[1:]
-                        if b.__module__.startswith("keras.src.optimizers.")), cls)
-        return cls if cls.__module__.startswith("keras.src.optimizers.") else None
+                        if b.__module__.startswith(_BUILTIN_MODULE)), cls)
+        return cls if cls.__module__.startswith(_BUILTIN_MODULE) else None
 
     def _single_parts(self, opt, wrappers, globals_):
+        """(OptimizerInfo, slots by model variable, step) of one (inner) optimizer."""
         known = self._builtin_class(opt)
         builtin = known is not None
         cls = (known or type(opt)).__name__
         module = (known or type(opt)).__module__
-        alg = generic_or(self.registry_key, cls, builtin)
-        attr_map = _registry.attr_to_slot(self.registry_key, alg if builtin else "")
-        tvars = list(opt._trainable_variables)
-        slots = self.family_parts(opt, tvars, attr_map, opt.variables, globals_)
+        alg = generic_or(KERAS3, cls, builtin)
+        names = KERAS3.slot_names(alg) if builtin and alg in _registry.ALGORITHMS else None
+        tvars = list(PRIVATE.get(opt, "_trainable_variables"))
+        slots = self.family_parts(opt, tvars, names, alg, opt.variables, globals_)
         cfg = opt.get_config()
         cfg.pop("learning_rate", None)
-        sched = opt._learning_rate
+        sched = PRIVATE.get(opt, "_learning_rate")
         if isinstance(sched, keras.optimizers.schedules.LearningRateSchedule):
             lr = {"kind": "schedule", "class_name": type(sched).__name__,
                   "config": self.data_only(sched.get_config())}
@@ -187,37 +225,87 @@ class Keras3Adapter(KerasAdapter):
             lr = {"kind": "constant", "value": float(np.asarray(sched.numpy()))}
         else:
             lr = {"kind": "callable", "repr": repr(sched)}
-        step = int(np.asarray(opt._iterations.numpy()))
-        return {"algorithm": alg, "class_name": cls, "module": module,
-                "hyperparameters": self.data_only(cfg), "learning_rate": lr,
-                "wrappers": wrappers, "slots": slots, "globals": globals_, "step": step}
+        step = int(np.asarray(PRIVATE.get(opt, "_iterations").numpy()))
+        info = OptimizerInfo(alg, cls, module, self.data_only(cfg), lr, wrappers)
+        return info, slots, step
 
 
-_ADAPTER = Keras3Adapter()
-describe_model = _ADAPTER.describe_model
-extract_state = _ADAPTER.extract_state
-apply_state = _ADAPTER.apply_state
-export_state = _ADAPTER.export_state
-import_state = _ADAPTER.import_state
+ADAPTER = Keras3Adapter()
+describe_model = ADAPTER.describe_model
+
+
+def export_state(model, path, **kw):
+    """``optstate_format.export_state`` for a Keras 3 model."""
+    from optstate_format import _api
+    return _api.export_state(model, path, **kw)
+
+
+def import_state(model, path, **kw):
+    """``optstate_format.import_state`` for a Keras 3 model."""
+    from optstate_format import _api
+    return _api.import_state(model, path, **kw)
 
 
 def _allowed(kind, name, builtins, custom_objects, base):
+    if not isinstance(name, str):
+        raise FormatError(f"the file's {kind} class name is {type(name).__name__}, not a "
+                          "string.", code="E_SCHEMA")
     cls = (custom_objects or {}).get(name) or builtins.get(name)
     if cls is None:
         raise UnsupportedError(
             f"the file names {kind} {name!r}, which is not a built-in Keras 3 {kind}; nothing "
             f"named in a file is imported. Pass custom_objects={{{name!r}: YourClass}}.")
-    if not (isinstance(cls, type) and issubclass(cls, base)):
-        raise UnsupportedError(f"custom_objects[{name!r}] is not a {base.__name__} subclass.")
+    if not (isinstance(cls, type) and issubclass(cls, base)) or cls is base:
+        raise UnsupportedError(f"{name!r} is not a concrete {base.__name__} subclass.")
     return cls
 
 
-def _accepted(cls, config):
+def _accepted(cls, config, base):
+    """The entries of ``config`` that ``cls.__init__`` accepts (the rest are dropped)."""
+    if not isinstance(config, dict):
+        raise FormatError(f"the file's config for {cls.__name__} is "
+                          f"{type(config).__name__}, not a map.", code="E_SCHEMA")
     params = inspect.signature(cls.__init__).parameters
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        base = inspect.signature(keras.optimizers.Optimizer.__init__).parameters
-        params = {**base, **params}
+        params = {**inspect.signature(base.__init__).parameters, **params}
     return {k: v for k, v in config.items() if k in params and k != "self"}
+
+
+def _build(what, cls, call):
+    """Run a Keras constructor on file data; its complaints become ours."""
+    try:
+        return call()
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        raise UnsupportedError(f"the file's {what} cannot be rebuilt as {cls.__name__}: "
+                               f"{type(e).__name__}: {str(e)[:200]}. Build the optimizer "
+                               "yourself, then import_state().") from None
+
+
+def _learning_rate(lr, custom_objects):
+    """The learning rate a file describes (spec 4.1): a float, a schedule, or nothing."""
+    if not isinstance(lr, dict):
+        raise FormatError("the file's learning_rate is not a map.", code="E_SCHEMA")
+    kind = lr.get("kind")
+    if kind == "constant":
+        value = lr.get("value")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(
+                value) or value < 0:
+            raise FormatError(f"the file's constant learning rate is {value!r}; expected a "
+                              "finite number >= 0.", code="E_SCHEMA")
+        return float(value)
+    if kind == "schedule":
+        schedules = keras.optimizers.schedules
+        builtins = {n: getattr(schedules, n) for n in dir(schedules)
+                    if isinstance(getattr(schedules, n), type)}
+        sched = _allowed("schedule", lr.get("class_name"), builtins, custom_objects,
+                         schedules.LearningRateSchedule)
+        config = lr.get("config")
+        if not isinstance(config, dict):
+            raise FormatError("the file's schedule config is not a map.", code="E_SCHEMA")
+        return _build("learning-rate schedule", sched, lambda: sched.from_config(
+            _accepted(sched, config, schedules.LearningRateSchedule)))
+    raise UnsupportedError(f"the file's learning rate is {kind!r} (code, not data); build "
+                           "the optimizer yourself, then import_state().")
 
 
 def optimizer_from_state(state, *, custom_objects=None):
@@ -225,7 +313,8 @@ def optimizer_from_state(state, *, custom_objects=None):
 
     Only Keras 3's own optimizer and schedule classes are used, and classes the caller passes
     in ``custom_objects`` (like Keras's own loading): a class named in a file is never imported.
-    The state itself is then loaded with :func:`import_state`.
+    Anything the file says that Keras would not accept ends in ``UnsupportedError`` or
+    ``FormatError``. The state itself is then loaded with :func:`import_state`.
 
     >>> # opt = optimizer_from_state("run.optstate"); model.compile(opt, loss)
     >>> # import_state(model, "run.optstate")
@@ -236,30 +325,24 @@ def optimizer_from_state(state, *, custom_objects=None):
     if info.components:
         raise UnsupportedError("rebuilding a MultiOptimizer needs its variable map, which is "
                                "code; build it yourself, then import_state().")
-    builtins = {a.keras3: getattr(keras.optimizers, a.keras3)
-                for a in _registry.ALGORITHMS.values()
-                if a.keras3 and hasattr(keras.optimizers, a.keras3)}
+    builtins = {name: getattr(keras.optimizers, name) for name in KERAS3.classes.values()
+                if hasattr(keras.optimizers, name)}
     cls = _allowed("optimizer", info.class_name, builtins, custom_objects,
                    keras.optimizers.Optimizer)
-    config = _accepted(cls, dict(info.hyperparameters))
-    lr = info.learning_rate or {}
-    if lr.get("kind") == "constant":
-        config["learning_rate"] = float(lr["value"])
-    elif lr.get("kind") == "schedule":
-        schedules = keras.optimizers.schedules
-        sched_builtins = {n: getattr(schedules, n) for n in dir(schedules)
-                          if isinstance(getattr(schedules, n), type)}
-        sched = _allowed("schedule", lr["class_name"], sched_builtins, custom_objects,
-                         schedules.LearningRateSchedule)
-        config["learning_rate"] = sched.from_config(dict(lr["config"]))
-    elif lr:
-        raise UnsupportedError(f"the file's learning rate is {lr.get('kind')!r} (code, not "
-                               "data); build the optimizer yourself, then import_state().")
-    opt = cls(**config)
+    base = keras.optimizers.Optimizer
+    config = _accepted(cls, info.hyperparameters, base)
+    if info.learning_rate:
+        config["learning_rate"] = _learning_rate(info.learning_rate, custom_objects)
+    opt = _build("optimizer", cls, lambda: cls(**config))
+    if not isinstance(info.wrappers, list):
+        raise FormatError("the file's wrappers are not a list.", code="E_SCHEMA")
     for wrapper in reversed(info.wrappers):
-        if wrapper.get("class_name") != "LossScaleOptimizer":
-            raise UnsupportedError(f"wrapper {wrapper.get('class_name')!r} is not supported.")
-        wcfg = _accepted(keras.optimizers.LossScaleOptimizer, dict(wrapper.get("config", {})))
+        if not isinstance(wrapper, dict) or wrapper.get("class_name") != "LossScaleOptimizer":
+            name = wrapper.get("class_name") if isinstance(wrapper, dict) else wrapper
+            raise UnsupportedError(f"wrapper {name!r} is not supported.")
+        lso = keras.optimizers.LossScaleOptimizer
+        wcfg = _accepted(lso, wrapper.get("config") or {}, base)
         wcfg.pop("inner_optimizer", None)
-        opt = keras.optimizers.LossScaleOptimizer(opt, **wcfg)
+        opt = _build("loss-scale wrapper", lso, lambda: lso(opt, **wcfg))
     return opt
+

@@ -1,63 +1,22 @@
 """Matching what a file describes to what a model has (spec section 8), and import plans.
 
-The converters describe the live model and optimizer as a :class:`TargetState`;
-:func:`plan_import` pairs each file weight with a target weight by identity
-(never by position, never by shape alone), checks every slot, and returns the
-list of (handle, array) assignments to make. Nothing is assigned here: a plan
-that has problems raises :class:`MatchError` before anything is touched.
+Both sides are :class:`OptimizerState` records: the file's holds arrays, the
+target's (built by the conductor from an adapter's description) holds
+``adapter.Variable`` objects where the file has arrays. :func:`plan_import`
+pairs each file weight with a target weight by identity (never by position,
+never by shape alone), checks every slot, and returns the list of
+(Variable, array) assignments to make. Nothing is assigned here: a plan that
+has problems raises :class:`MatchError` before anything is touched.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
 from . import _dtypes, _registry
 from ._errors import MatchError
-
-SOURCES = ("mapping", "name", "structure")
-# Globals named "<framework>.<name>" are private to that framework (spec 7.3).
-PRIVATE_GLOBAL_PREFIXES = ("keras", "tf_keras")
-
-
-@dataclass
-class SlotTarget:
-    """One variable of the target (a slot, a global, or a model weight)."""
-
-    shape: tuple
-    dtype: str
-    handle: Any = None
-
-
-@dataclass
-class TargetWeight:
-    """A weight of the target model, with the slots its optimizer keeps for it."""
-
-    path: str
-    shape: tuple
-    dtype: str
-    trainable: bool
-    hints: dict = field(default_factory=dict)
-    slots: dict = field(default_factory=dict)
-    handle: Any = None
-    component: int = 0
-
-
-@dataclass
-class TargetState:
-    """A framework-neutral description of a live model and its optimizer."""
-
-    algorithm: str
-    class_name: str
-    weights: list = field(default_factory=list)
-    globals: dict = field(default_factory=dict)
-    hyperparameters: dict = field(default_factory=dict)
-    learning_rate: dict = field(default_factory=dict)
-    components: list = field(default_factory=list)  # algorithm "multi": [{algorithm, ...}]
-    module: str = ""
-
 
 @dataclass
 class Problem:
@@ -254,11 +213,58 @@ def _convert(arr, dst: str, where, problems):
     if src == "bfloat16":
         bf = np.asarray(arr).view(np.uint16).astype(np.uint32) << 16
         return bf.view(np.float32).astype(dst)
-    out = np.asarray(arr).astype(_dtypes.storage_dtype(dst))
-    if src.startswith(("int", "uint")) and not np.array_equal(out.astype(arr.dtype), arr):
-        problems.append(Problem("E_MATCH_DTYPE", where, f"integer value does not fit {dst}"))
+    if src.startswith(("int", "uint")) and not _fits(arr, dst):
+        problems.append(Problem("E_MATCH_DTYPE", where, f"an integer value of the file's {src} "
+                                f"does not fit the target's {dst} (range {_range(dst)})"))
         return None
-    return out
+    return np.asarray(arr).astype(_dtypes.storage_dtype(dst))
+
+
+def _range(dtype: str):
+    info = np.iinfo(_dtypes.storage_dtype(dtype))
+    return int(info.min), int(info.max)
+
+
+def _fits(arr, dst: str) -> bool:
+    """Whether every integer of ``arr`` lies in ``dst``'s range (compared as Python ints:
+    a signed/unsigned round trip of equal width always "succeeds" and proves nothing)."""
+    arr = np.asarray(arr)
+    if arr.size == 0:
+        return True
+    lo, hi = _range(dst)
+    return lo <= int(arr.min()) and int(arr.max()) <= hi
+
+
+_FINITE_CHUNK = 1 << 22
+
+
+def _nonfinite(arr) -> int:
+    """How many NaN/Inf values a floating array holds (0 for other dtypes), chunk by chunk."""
+    arr = np.asarray(arr)
+    if arr.dtype.kind != "f" or arr.size == 0:
+        return 0
+    flat = arr.reshape(-1)
+    return sum(int(flat[i:i + _FINITE_CHUNK].size - np.count_nonzero(
+        np.isfinite(flat[i:i + _FINITE_CHUNK]))) for i in range(0, flat.size, _FINITE_CHUNK))
+
+
+def _note_nonfinite(report, arr, what):
+    bad = _nonfinite(arr)
+    if bad:
+        report.notes.append(f"{what}: {bad} NaN/Inf value(s), imported as they are")
+
+
+def _check_iterations(state, problems):
+    """The file's ``iterations`` global, when it has one, must equal its ``step`` (7.3)."""
+    it = state.globals.get("iterations")
+    if it is None or np.asarray(it).size != 1 or np.asarray(it).dtype.kind not in "iu":
+        return
+    value = int(np.asarray(it).reshape(-1)[0])
+    if value != state.step:
+        problems.append(Problem(
+            "E_MATCH_STEP", None, f"the file's iterations global is {value} but its step is "
+            f"{state.step}: the file is inconsistent (a negative or edited counter?); "
+            "re-export it"))
 
 
 def _map_components(state, target, pairs, fmap, tmap, problems):
@@ -282,7 +288,7 @@ def _map_components(state, target, pairs, fmap, tmap, problems):
             return dict(state.globals)
     for fc, tc in sorted(fwd.items()):
         fa = state.optimizer.components[fc]["algorithm"]
-        ta = target.components[tc]["algorithm"]
+        ta = target.optimizer.components[tc]["algorithm"]
         if fa != ta:
             problems.append(Problem(
                 "E_MATCH_ALGORITHM", None, f"inner optimizer {fc} of the file is {fa!r}, the "
@@ -299,12 +305,13 @@ def _map_components(state, target, pairs, fmap, tmap, problems):
     return renamed
 
 
-def plan_import(state, target: TargetState, *, mapping=None, strict=True,
-                include_weights=False):
+def plan_import(state, target, *, mapping=None, strict=True, include_weights=False):
     """Resolve ``state`` (from a file) against ``target``; return (report, assignments).
 
-    ``assignments`` is a list of (handle, numpy array) ready to assign; every
-    shape and dtype has been checked and every conversion done. Raises
+    ``target`` is an :class:`OptimizerState` whose slots, values and globals are
+    ``adapter.Variable`` objects. ``assignments`` is a list of (Variable, numpy
+    array) ready to assign; every shape and dtype has been checked and every
+    conversion done. Raises
     :class:`MatchError` listing all problems at once when the import cannot be
     made exactly (in strict mode, also when anything is missing or unused).
     """
@@ -312,22 +319,24 @@ def plan_import(state, target: TargetState, *, mapping=None, strict=True,
     fmap = {w.path: w for w in state.weights}
     tmap = {w.path: w for w in target.weights}
     problems = []
-    if state.optimizer.algorithm != target.algorithm:
+    topt = target.optimizer
+    if state.optimizer.algorithm != topt.algorithm:
         why = "state of one algorithm means nothing to another"
-        for alg in (state.optimizer.algorithm, target.algorithm):
+        for alg in (state.optimizer.algorithm, topt.algorithm):
             if alg in _registry.ALGORITHMS and _registry.ALGORITHMS[alg].notes:
                 why = _registry.ALGORITHMS[alg].notes
         problems.append(Problem(
             "E_MATCH_ALGORITHM", None,
             f"the file holds state of {state.optimizer.algorithm!r} "
-            f"({state.optimizer.class_name}), the target optimizer is {target.algorithm!r} "
-            f"({target.class_name}): {why}"))
-    elif (".legacy" in state.optimizer.module) != (".legacy" in target.module):
-        alg = _registry.ALGORITHMS.get(target.algorithm)
+            f"({state.optimizer.class_name}), the target optimizer is {topt.algorithm!r} "
+            f"({topt.class_name}): {why}"))
+    elif state.optimizer.module != topt.module:
+        alg = _registry.ALGORITHMS.get(topt.algorithm)
         if alg is not None and alg.notes:
-            report.notes.append(f"between optimizer generations: {alg.notes}")
+            report.notes.append(f"between implementations ({state.optimizer.module} -> "
+                                f"{topt.module}): {alg.notes}")
     file_globals = dict(state.globals)
-    if not problems and target.components:
+    if not problems and topt.components:
         file_globals = _map_components(state, target, pairs, fmap, tmap, problems)
     assignments = []
     matched_targets = set()
@@ -359,7 +368,8 @@ def plan_import(state, target: TargetState, *, mapping=None, strict=True,
                 continue
             conv = _convert(arr, st.dtype, fp, report.mismatched)
             if conv is not None:
-                assignments.append((st.handle, conv))
+                assignments.append((st, conv))
+                _note_nonfinite(report, conv, f"{fp} slot {sname!r}")
         if include_weights:
             if fw.value is None:
                 report.mismatched.append(Problem(
@@ -368,7 +378,8 @@ def plan_import(state, target: TargetState, *, mapping=None, strict=True,
             else:
                 conv = _convert(fw.value, tw.dtype, fp, report.mismatched)
                 if conv is not None:
-                    assignments.append((tw.handle, conv))
+                    assignments.append((tw.value, conv))
+                    _note_nonfinite(report, conv, f"{fp} value")
     matched_files = {fp for fp, (tp, _) in pairs.items() if tp in matched_targets}
     for tw in target.weights:
         if tw.path not in matched_targets and (tw.slots or include_weights):
@@ -382,8 +393,10 @@ def plan_import(state, target: TargetState, *, mapping=None, strict=True,
     for fw in state.weights:
         if fw.path not in matched_files and (fw.slots or include_weights):
             report.unexpected.append(fw.path)
+    # Globals named "<framework>.<name>" are private to the framework that wrote them (7.3).
+    frameworks = {p.get("framework") for p in (state.producer, target.producer)} - {None, ""}
     for name in sorted(set(file_globals) | set(target.globals)):
-        private = "." in name and name.split(".")[0] in PRIVATE_GLOBAL_PREFIXES
+        private = "." in name and name.split(".")[0] in frameworks
         if name not in target.globals:
             if private:
                 report.notes.append(f"global {name!r} is private to another framework; ignored")
@@ -407,23 +420,25 @@ def plan_import(state, target: TargetState, *, mapping=None, strict=True,
             continue
         conv = _convert(arr, gt.dtype, f"global:{name}", report.mismatched)
         if conv is not None:
-            assignments.append((gt.handle, conv))
+            assignments.append((gt, conv))
+            _note_nonfinite(report, conv, f"global {name!r}")
+    _check_iterations(state, problems)
     for key, neutral in sorted(_registry.UPDATE_RULE_HYPERPARAMETERS.items()):
         value = state.optimizer.hyperparameters.get(key, neutral)
-        same_algorithm = state.optimizer.algorithm == target.algorithm
-        if same_algorithm and value != neutral and key not in target.hyperparameters:
+        same_algorithm = state.optimizer.algorithm == topt.algorithm
+        if same_algorithm and value != neutral and key not in topt.hyperparameters:
             problems.append(Problem(
                 "E_MATCH_HYPER", None, f"the file's optimizer used {key}={value!r}, which the "
-                f"target optimizer ({target.class_name}) does not have; its update rule "
+                f"target optimizer ({topt.class_name}) does not have; its update rule "
                 "differs, so the state cannot continue exactly"))
-    for key in sorted(set(state.optimizer.hyperparameters) & set(target.hyperparameters)):
-        a, b = state.optimizer.hyperparameters[key], target.hyperparameters[key]
+    for key in sorted(set(state.optimizer.hyperparameters) & set(topt.hyperparameters)):
+        a, b = state.optimizer.hyperparameters[key], topt.hyperparameters[key]
         if isinstance(a, float) and isinstance(b, float) and np.float32(a) == np.float32(b):
             continue  # the same value, once stored as float32 and once as float64
         if a != b and key not in ("name",):
             report.notes.append(f"hyperparameter {key!r}: file {a!r}, target {b!r} (target "
                                 "kept)")
-    flr, tlr = state.optimizer.learning_rate, target.learning_rate
+    flr, tlr = state.optimizer.learning_rate, topt.learning_rate
     if flr and tlr and flr.get("kind") != tlr.get("kind") or (
             flr.get("kind") == tlr.get("kind") == "schedule" and flr != tlr):
         report.notes.append(f"learning rate: file {flr}, target {tlr} (target kept; the "

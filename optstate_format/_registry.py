@@ -7,7 +7,7 @@ in step.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # Shape rules: how a slot's shape follows from its weight's shape ``s`` (spec 7.2).
 SHAPE_RULES = {
@@ -39,25 +39,25 @@ def slot_shape(rule: str, weight_shape):
 
 @dataclass(frozen=True)
 class Slot:
-    name: str                  # canonical slot name
-    rule: str                  # key of SHAPE_RULES
-    meaning: str               # definition as math (g = gradient, t = step)
-    keras3: str | None         # Keras 3 optimizer attribute holding the per-variable list
-    tf_keras: str | None       # tf_keras.optimizers (new) attribute
-    tf_keras_legacy: str | None  # tf_keras.optimizers.legacy slot name
+    name: str                    # canonical slot name
+    rule: str                    # key of SHAPE_RULES
+    meaning: str                 # definition as math (g = gradient, t = step)
     optional: str | None = None  # hyperparameter condition under which the slot exists
+
+
+@dataclass(frozen=True)
+class Global:
+    name: str                    # canonical global name
+    meaning: str
 
 
 @dataclass(frozen=True)
 class Algorithm:
     id: str
     title: str
-    keras3: str | None           # class name in keras.optimizers
-    tf_keras: str | None         # class name in tf_keras.optimizers
-    tf_keras_legacy: str | None  # class name in tf_keras.optimizers.legacy
     slots: tuple = ()
-    globals: tuple = ()          # (canonical name, keras3 attr, tf_keras attr, legacy attr, meaning)
-    # hyperparameters whose meaning differs between generations: refuse to move across
+    globals: tuple = ()          # Global(...) this algorithm keeps besides the common ones
+    # how implementations of the algorithm differ, shown when state moves between them
     notes: str = ""
 
 
@@ -65,107 +65,82 @@ _M = "m_t = beta_1 * m_{t-1} + (1 - beta_1) * g_t"
 _V = "v_t = beta_2 * v_{t-1} + (1 - beta_2) * g_t^2"
 
 ALGORITHMS = {a.id: a for a in [
-    Algorithm("sgd", "Stochastic gradient descent (momentum, Nesterov)", "SGD", "SGD",
-              "SGD", slots=(
-                  Slot("momentum", "like", "b_t = momentum * b_{t-1} - lr * g_t",
-                       "momentums", "momentums", "momentum", optional="momentum > 0"),)),
-    Algorithm("rmsprop", "RMSprop (centered, momentum)", "RMSprop", "RMSprop", "RMSprop", slots=(
-        Slot("velocity", "like", "r_t = rho * r_{t-1} + (1 - rho) * g_t^2",
-             "_velocities", "_velocities", "rms"),
+    Algorithm("sgd", "Stochastic gradient descent (momentum, Nesterov)", slots=(
+        Slot("momentum", "like", "b_t = momentum * b_{t-1} - lr * g_t", optional="momentum > 0"),
+    )),
+    Algorithm("rmsprop", "RMSprop (centered, momentum)", slots=(
+        Slot("velocity", "like", "r_t = rho * r_{t-1} + (1 - rho) * g_t^2"),
         Slot("momentum", "like", "b_t = momentum * b_{t-1} + lr * g_t / denom_t",
-             "_momentums", "_momentums", "momentum", optional="momentum > 0"),
+             optional="momentum > 0"),
         Slot("average_gradient", "like", "a_t = rho * a_{t-1} + (1 - rho) * g_t",
-             "_average_gradients", "_average_gradients", "mg", optional="centered"),
+             optional="centered"),
     )),
-    Algorithm("adam", "Adam (amsgrad)", "Adam", "Adam", "Adam", slots=(
-        Slot("m", "like", _M, "_momentums", "_momentums", "m"),
-        Slot("v", "like", _V, "_velocities", "_velocities", "v"),
-        Slot("v_hat", "like", "vhat_t = max(vhat_{t-1}, v_t)", "_velocity_hats",
-             "_velocity_hats", "vhat", optional="amsgrad"),
+    Algorithm("adam", "Adam (amsgrad)", slots=(
+        Slot("m", "like", _M),
+        Slot("v", "like", _V),
+        Slot("v_hat", "like", "vhat_t = max(vhat_{t-1}, v_t)", optional="amsgrad"),
     )),
-    Algorithm("adamw", "Adam with decoupled weight decay", "AdamW", "AdamW", None, slots=(
-        Slot("m", "like", _M, "_momentums", "_momentums", None),
-        Slot("v", "like", _V, "_velocities", "_velocities", None),
-        Slot("v_hat", "like", "vhat_t = max(vhat_{t-1}, v_t)", "_velocity_hats",
-             "_velocity_hats", None, optional="amsgrad"),
+    Algorithm("adamw", "Adam with decoupled weight decay", slots=(
+        Slot("m", "like", _M),
+        Slot("v", "like", _V),
+        Slot("v_hat", "like", "vhat_t = max(vhat_{t-1}, v_t)", optional="amsgrad"),
     )),
-    Algorithm("adadelta", "Adadelta", "Adadelta", "Adadelta", "Adadelta", slots=(
-        Slot("accumulated_grad", "like", "E[g^2]_t = rho * E[g^2]_{t-1} + (1 - rho) * g_t^2",
-             "_accumulated_grads", "_accumulated_grads", "accum_grad"),
-        Slot("accumulated_delta", "like",
-             "E[dx^2]_t = rho * E[dx^2]_{t-1} + (1 - rho) * dx_t^2",
-             "_accumulated_delta_vars", "_accumulated_delta_vars", "accum_var"),
+    Algorithm("adadelta", "Adadelta", slots=(
+        Slot("accumulated_grad", "like", "E[g^2]_t = rho * E[g^2]_{t-1} + (1 - rho) * g_t^2"),
+        Slot("accumulated_delta", "like", "E[dx^2]_t = rho * E[dx^2]_{t-1} + (1 - rho) * dx_t^2"),
     )),
-    Algorithm("adagrad", "Adagrad", "Adagrad", "Adagrad", "Adagrad", slots=(
-        Slot("accumulator", "like", "a_t = a_{t-1} + g_t^2 (a_0 = initial_accumulator_value)",
-             "_accumulators", "_accumulators", "accumulator"),),
-        notes="tf_keras's legacy Adagrad divides by sqrt(a) + epsilon, Keras 3 and tf_keras's new "
-              "Adagrad by sqrt(a + epsilon): the accumulator moves exactly, later steps differ "
-              "by a term of order epsilon."),
-    Algorithm("adamax", "Adamax", "Adamax", "Adamax", "Adamax", slots=(
-        Slot("m", "like", _M, "_m", "_m", "m"),
-        Slot("u", "like", "u_t = max(beta_2 * u_{t-1}, |g_t|)", "_u", "_u", "v"),
+    Algorithm("adagrad", "Adagrad", slots=(
+        Slot("accumulator", "like", "a_t = a_{t-1} + g_t^2 (a_0 = initial_accumulator_value)"),
+    ),
+        notes="tf_keras's legacy Adagrad divides by sqrt(a) + epsilon, Keras 3 and tf_keras's "
+              "new Adagrad by sqrt(a + epsilon): the accumulator moves exactly, later steps "
+              "differ by a term of order epsilon."),
+    Algorithm("adamax", "Adamax", slots=(
+        Slot("m", "like", _M),
+        Slot("u", "like", "u_t = max(beta_2 * u_{t-1}, |g_t|)"),
     )),
-    Algorithm("adafactor", "Adafactor (factored second moments)", "Adafactor", "Adafactor",
-              None, slots=(
-                  Slot("r", "factored_rows", "row statistics of g^2 (mean over the last axis)",
-                       "_r", "_r", None),
-                  Slot("c", "factored_cols",
-                       "column statistics of g^2 (mean over the second-to-last axis)",
-                       "_c", "_c", None),
-                  Slot("v", "like", "unfactored second moment (used for rank < 2 weights)",
-                       "_v", "_v", None),
-              )),
-    Algorithm("nadam", "Nadam", "Nadam", "Nadam", None, slots=(
-        Slot("m", "like", _M, "_momentums", "_momentums", None),
-        Slot("v", "like", _V, "_velocities", "_velocities", None),
-    ), globals=(("u_product", "_u_product", "_u_product", None,
-                 "prod_{i<=t} beta_1 * (1 - 0.5 * 0.96^i)"),)),
-    Algorithm("nadam_legacy", "Nadam with the Keras 2 momentum schedule", None, None, "Nadam",
-              slots=(
-                  Slot("m", "like", _M, None, None, "m"),
-                  Slot("v", "like", _V, None, None, "v"),
-              ), globals=(("u_product", None, None, "_m_cache",
-                           "prod_{i<=t} beta_1 * (1 - 0.5 * 0.96^(schedule_decay * i))"),),
-              notes="tf_keras's legacy Nadam schedules momentum as 0.96^(schedule_decay * t) "
-                    "(schedule_decay = 0.004); Keras 3 and tf_keras's new Nadam use 0.96^t. "
-                    "Its u_product means another product, so its state cannot continue in "
-                    "their Nadam."),
-    Algorithm("ftrl", "FTRL-proximal", "Ftrl", "Ftrl", "Ftrl", slots=(
-        Slot("accumulator", "like", "n_t = n_{t-1} + g_t^2 (n_0 = initial_accumulator_value)",
-             "_accumulators", "_accumulators", "accumulator"),
-        Slot("linear", "like", "z_t = z_{t-1} + g_t - (n_t^-p - n_{t-1}^-p) / lr * w",
-             "_linears", "_linears", "linear"),
+    Algorithm("adafactor", "Adafactor (factored second moments)", slots=(
+        Slot("r", "factored_rows", "row statistics of g^2 (mean over the last axis)"),
+        Slot("c", "factored_cols", "column statistics of g^2 (mean over the second-to-last axis)"),
+        Slot("v", "like", "unfactored second moment (used for rank < 2 weights)"),
     )),
-    Algorithm("lion", "Lion", "Lion", "Lion", None, slots=(
-        Slot("m", "like", "m_t = beta_2 * m_{t-1} + (1 - beta_2) * g_t",
-             "_momentums", "momentums", None),)),
-    Algorithm("lamb", "LAMB", "Lamb", None, None, slots=(
-        Slot("m", "like", _M, "_momentums", None, None),
-        Slot("v", "like", _V, "_velocities", None, None),
+    Algorithm("nadam", "Nadam", slots=(
+        Slot("m", "like", _M),
+        Slot("v", "like", _V),
+    ), globals=(Global("u_product", "prod_{i<=t} beta_1 * (1 - 0.5 * 0.96^i)"),)),
+    Algorithm("nadam_legacy", "Nadam with the Keras 2 momentum schedule", slots=(
+        Slot("m", "like", _M),
+        Slot("v", "like", _V),
+    ), globals=(Global("u_product", "prod_{i<=t} beta_1 * (1 - 0.5 * 0.96^(schedule_decay * i))"),),
+        notes="tf_keras's legacy Nadam schedules momentum as 0.96^(schedule_decay * t) "
+              "(schedule_decay = 0.004); Keras 3 and tf_keras's new Nadam use 0.96^t. Its "
+              "u_product means another product, so its state cannot continue in their Nadam."),
+    Algorithm("ftrl", "FTRL-proximal", slots=(
+        Slot("accumulator", "like", "n_t = n_{t-1} + g_t^2 (n_0 = initial_accumulator_value)"),
+        Slot("linear", "like", "z_t = z_{t-1} + g_t - (n_t^-p - n_{t-1}^-p) / lr * w"),
     )),
-    Algorithm("muon", "Muon (Adam for the weights Muon does not handle)", "Muon", None, None,
-              slots=(
-                  Slot("m", "like", "momentum buffer (Muon and Adam weights)",
-                       "momentums", None, None),
-                  Slot("v", "like", "Adam second moment (Adam-handled weights only)",
-                       "adam_velocities", None, None, optional="weight handled by Adam"),
-              )),
-    Algorithm("schedule_free_adamw", "Schedule-free AdamW", "ScheduleFreeAdamW", None, None,
-              slots=(
-                  Slot("z", "like", "the z sequence of schedule-free averaging",
-                       "_momentums", None, None),
-                  Slot("v", "like", _V, "_velocities", None, None),
-              )),
+    Algorithm("lion", "Lion", slots=(
+        Slot("m", "like", "m_t = beta_2 * m_{t-1} + (1 - beta_2) * g_t"),
+    )),
+    Algorithm("lamb", "LAMB", slots=(
+        Slot("m", "like", _M),
+        Slot("v", "like", _V),
+    )),
+    Algorithm("muon", "Muon (Adam for the weights Muon does not handle)", slots=(
+        Slot("m", "like", "momentum buffer (Muon and Adam weights)"),
+        Slot("v", "like", "Adam second moment (Adam-handled weights only)",
+             optional="weight handled by Adam"),
+    )),
+    Algorithm("schedule_free_adamw", "Schedule-free AdamW", slots=(
+        Slot("z", "like", "the z sequence of schedule-free averaging"),
+        Slot("v", "like", _V),
+    )),
 ]}
 
 # Slots any algorithm may carry, added by optimizer options rather than by the algorithm.
 COMMON_SLOTS = (
-    Slot("ema", "like", "exponential moving average of the weight (use_ema)",
-         "_model_variables_moving_average", "_model_variables_moving_average", None,
-         optional="use_ema"),
+    Slot("ema", "like", "exponential moving average of the weight (use_ema)", optional="use_ema"),
     Slot("gradient_accumulator", "like", "sum of gradients since the last applied step",
-         "_accumulated_gradients", "_accumulated_gradients", None,
          optional="gradient_accumulation_steps"),
 )
 
@@ -199,18 +174,61 @@ def slot_rule(algorithm_id: str, slot_name: str) -> str:
     return "any"
 
 
-def algorithm_for_class(framework: str, class_name: str):
-    """Registry id for a framework's optimizer class name, or None.
+@dataclass(frozen=True)
+class FrameworkNames:
+    """How one framework names the registry's algorithms, slots and globals.
 
-    ``framework`` is one of "keras3", "tf_keras", "tf_keras_legacy".
+    A converter keeps its table beside its code (the core knows no framework names);
+    spec/optimizers.md shows every converter's table, informatively. ``classes`` maps
+    algorithm id -> the framework's class name; ``slots`` maps algorithm id ->
+    {framework attribute or slot key: canonical slot}; ``common_slots`` names the slots any
+    algorithm may carry; ``globals`` maps algorithm id -> {framework name: canonical global}.
+
+    >>> t = FrameworkNames("x", "X", {"adam": "Adam"}, {"adam": {"_m": "m"}})
+    >>> t.algorithm_for_class("Adam"), t.slot_names("adam"), t.framework_name("adam", "m")
+    ('adam', {'_m': 'm'}, '_m')
     """
-    for alg in ALGORITHMS.values():
-        if getattr(alg, framework) == class_name:
-            return alg.id
-    return None
 
+    framework: str
+    title: str
+    classes: dict
+    slots: dict
+    common_slots: dict = field(default_factory=dict)
+    globals: dict = field(default_factory=dict)
 
-def attr_to_slot(framework: str, algorithm_id: str):
-    """Map framework attribute/slot names to canonical slot names for one algorithm."""
-    return {getattr(s, framework): s.name for s in slots_for(algorithm_id)
-            if getattr(s, framework)}
+    def algorithm_for_class(self, class_name: str):
+        """Registry id for one of this framework's optimizer class names, or None."""
+        for alg, cls in self.classes.items():
+            if cls == class_name:
+                return alg
+        return None
+
+    def slot_names(self, algorithm_id: str) -> dict:
+        """{framework name: canonical slot} for one algorithm (common slots included)."""
+        return {**self.common_slots, **self.slots.get(algorithm_id, {})}
+
+    def global_names(self, algorithm_id: str) -> dict:
+        """{framework name: canonical global} for one algorithm."""
+        return dict(self.globals.get(algorithm_id, {}))
+
+    def framework_name(self, algorithm_id: str, canonical: str):
+        """The framework's name of a canonical slot (the inverse of :meth:`slot_names`)."""
+        for fw, can in self.slot_names(algorithm_id).items():
+            if can == canonical:
+                return fw
+        return None
+
+    def problems(self) -> list:
+        """Names in this table that the registry does not define (a test keeps it empty)."""
+        out = []
+        for alg in set(self.classes) | set(self.slots) | set(self.globals):
+            if alg not in ALGORITHMS:
+                out.append(f"{self.framework}: unknown algorithm {alg!r}")
+                continue
+            known = {s.name for s in slots_for(alg)}
+            out += [f"{self.framework}: {alg} has no slot {c!r}"
+                    for c in self.slot_names(alg).values() if c not in known]
+            gknown = {g.name for g in ALGORITHMS[alg].globals}
+            out += [f"{self.framework}: {alg} has no global {c!r}"
+                    for c in self.global_names(alg).values() if c not in gknown]
+        return out

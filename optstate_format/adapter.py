@@ -56,7 +56,7 @@ class _Absent:
 ABSENT = _Absent()
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(eq=False)
 class Variable:
     """A framework variable as the core sees it: an opaque handle, its shape and dtype.
 

@@ -149,7 +149,7 @@ def cmd_diff(args):
 
 def cmd_demo(args):
     try:
-        from .demo import run
+        from .converters.demo import run
     except ImportError as e:  # pragma: no cover - depends on installed extras
         print(f"the demo needs the Keras extra: pip install 'optstate-format[keras]' ({e})",
               file=sys.stderr)

@@ -235,41 +235,62 @@ def newer_minor(base: bytes) -> bytes:
     return _rewrite_doc(raw, edit)
 
 
+def framework_tables():
+    """Every converter's naming table (informative columns of optimizers.md)."""
+    from optstate_format.converters import _keras_tables
+    return [_keras_tables.KERAS3, _keras_tables.TF_KERAS, _keras_tables.TF_KERAS_LEGACY]
+
+
 def registry_markdown() -> str:
+    tables = framework_tables()
     lines = [
         "# optstate optimizer registry (normative, format 1.0)",
         "",
-        "Generated from `optstate_format/_registry.py` by `spec/generate.py`; a test keeps the",
-        "two identical. Section 7 of SPEC.md defines how this table is used. Shape rules:",
+        "Generated from `optstate_format/_registry.py` (normative: algorithms, canonical slot",
+        "names, shape rules, meanings) and the converters' naming tables (informative: how each",
+        "framework names them) by `spec/generate.py`; a test keeps the two identical. Section 7",
+        "of SPEC.md defines how this table is used. Shape rules:",
         "",
         "| rule | slot shape for a weight of shape s |",
         "| --- | --- |",
     ]
     lines += [f"| `{k}` | {v} |" for k, v in _registry.SHAPE_RULES.items()]
-    lines += ["", "## Algorithms", ""]
+    lines += ["", "Framework tables (informative): " + "; ".join(
+        f"`{t.framework}`: {t.title}" for t in tables) + ".", "", "## Algorithms", ""]
     for alg in _registry.ALGORITHMS.values():
+        present = [t for t in tables if alg.id in t.classes]
         lines += [f"### `{alg.id}`: {alg.title}", "",
-                  f"Classes: Keras 3 `{alg.keras3 or '-'}`, tf_keras `{alg.tf_keras or '-'}`, "
-                  f"tf_keras legacy `{alg.tf_keras_legacy or '-'}`.", "",
-                  "| slot | shape rule | meaning | Keras 3 attribute | tf_keras attribute | "
-                  "tf_keras legacy slot | present when |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
+                  "Classes: " + (", ".join(f"{t.framework} `{t.classes[alg.id]}`"
+                                           for t in present) or "none") + ".", ""]
+        if alg.notes:
+            lines += [f"Note: {alg.notes}", ""]
+        lines += ["| slot | shape rule | meaning | present when | "
+                  + " | ".join(f"{t.framework} name" for t in present) + " |",
+                  "| --- | --- | --- | --- |" + " --- |" * len(present)]
         for s in alg.slots:
-            lines.append(f"| `{s.name}` | `{s.rule}` | {s.meaning} | `{s.keras3 or '-'}` | "
-                         f"`{s.tf_keras or '-'}` | `{s.tf_keras_legacy or '-'}` | "
-                         f"{s.optional or 'always'} |")
+            names = [t.framework_name(alg.id, s.name) for t in present]
+            lines.append(f"| `{s.name}` | `{s.rule}` | {s.meaning} | {s.optional or 'always'} | "
+                         + " | ".join(f"`{n or '-'}`" for n in names) + " |")
         if alg.globals:
-            lines += ["", "| global | meaning | Keras 3 | tf_keras | tf_keras legacy |",
-                      "| --- | --- | --- | --- | --- |"]
-            for name, k3, tk, leg, meaning in alg.globals:
-                lines.append(f"| `{name}` | {meaning} | `{k3}` | `{tk}` | `{leg}` |")
+            lines += ["", "| global | meaning | " + " | ".join(
+                f"{t.framework} name" for t in present) + " |",
+                "| --- | --- |" + " --- |" * len(present)]
+            for g in alg.globals:
+                names = [next((k for k, v in t.global_names(alg.id).items() if v == g.name), None)
+                         for t in present]
+                lines.append(f"| `{g.name}` | {g.meaning} | "
+                             + " | ".join(f"`{n or '-'}`" for n in names) + " |")
         lines.append("")
+    common_tables = [t for t in tables if t.common_slots]
     lines += ["## Slots every algorithm may carry", "",
-              "| slot | shape rule | meaning | Keras 3 attribute | tf_keras attribute | "
-              "present when |", "| --- | --- | --- | --- | --- | --- |"]
+              "| slot | shape rule | meaning | present when | " + " | ".join(
+                  f"{t.framework} name" for t in common_tables) + " |",
+              "| --- | --- | --- | --- |" + " --- |" * len(common_tables)]
     for s in _registry.COMMON_SLOTS:
-        lines.append(f"| `{s.name}` | `{s.rule}` | {s.meaning} | `{s.keras3}` | `{s.tf_keras}` "
-                     f"| {s.optional} |")
+        names = [next((k for k, v in t.common_slots.items() if v == s.name), None)
+                 for t in common_tables]
+        lines.append(f"| `{s.name}` | `{s.rule}` | {s.meaning} | {s.optional} | "
+                     + " | ".join(f"`{n or '-'}`" for n in names) + " |")
     lines += ["", "## Globals every algorithm may carry", "", "| global | meaning |",
               "| --- | --- |"]
     lines += [f"| `{n}` | {m} |" for n, m in _registry.COMMON_GLOBALS]

@@ -89,7 +89,7 @@ def main():
             dst.optimizer.build(dst.trainable_variables)
             train(dst, 7, steps)
             before = by_role(dst, roles)
-            real, calls = conv._ADAPTER.assign, {"n": 0}
+            real, calls = conv.ADAPTER.assign, {"n": 0}
 
             def flaky(var, value):
                 calls["n"] += 1
@@ -97,14 +97,14 @@ def main():
                     raise RuntimeError("device went away")
                 real(var, value)
 
-            conv._ADAPTER.assign = flaky
+            conv.ADAPTER.assign = flaky
             try:
                 osf.import_state(dst, file, include_weights=True)
                 raise SystemExit("the injected failure did not surface")
             except osf.OptStateError as e:
                 assert e.code == "E_ASSIGN", e
             finally:
-                conv._ADAPTER.assign = real
+                conv.ADAPTER.assign = real
             after = by_role(dst, roles)
             assert calls["n"] > 6
             for k in before:

@@ -6,6 +6,7 @@ import pytest
 keras = pytest.importorskip("keras")
 
 import optstate_format as osf  # noqa: E402
+from optstate_format import _journal  # noqa: E402
 from optstate_format.converters import keras3 as conv  # noqa: E402
 
 from keras_models import Subclassed, seed_model, small_model, two_branch  # noqa: E402
@@ -128,7 +129,7 @@ def test_changed_units_is_a_match_error_naming_the_weight_and_nothing_changes(tm
 def fail_assignment(monkeypatch, at, exc):
     """Make the converter's ``at``-th assignment raise ``exc``; return the call counter."""
     calls = {"n": 0}
-    real = conv._ADAPTER.assign
+    real = conv.ADAPTER.assign
 
     def failing(var, value):
         calls["n"] += 1
@@ -136,7 +137,7 @@ def fail_assignment(monkeypatch, at, exc):
             raise exc
         real(var, value)
 
-    monkeypatch.setattr(conv._ADAPTER, "assign", failing)
+    monkeypatch.setattr(conv.ADAPTER, "assign", failing)
     return calls
 
 
@@ -167,7 +168,7 @@ def test_failure_importing_into_a_fresh_model_restores_its_initial_slots(tmp_pat
     b, _ = small_model(opt)
     b.optimizer.build(b.trainable_variables)
     fresh = opt_values(b)
-    entries = [conv._ADAPTER.journal_entry(v) for v in b.optimizer.variables]
+    entries = [_journal._entry(conv.ADAPTER, v, tuple(v.shape)) for v in b.optimizer.variables]
     assert all(kind == "fill" and value.size == 1 for kind, value, _ in entries)
     if opt == "adagrad":  # a non-zero initial accumulator is a constant too
         assert any(value[0] == np.float32(0.1) for _, value, _ in entries)
@@ -186,7 +187,7 @@ def test_interrupt_during_assignment_restores_everything_and_is_reraised(tmp_pat
     b, _ = small_model("adam")
     train(b, 1, seed=3)
     before, wbefore = opt_values(b), [w.copy() for w in b.get_weights()]
-    entries = [conv._ADAPTER.journal_entry(v) for v in b.optimizer.variables]
+    entries = [_journal._entry(conv.ADAPTER, v, tuple(v.shape)) for v in b.optimizer.variables]
     assert any(kind == "value" for kind, _, _ in entries)  # trained slots are kept whole
     calls = fail_assignment(monkeypatch, 9, KeyboardInterrupt())
     with pytest.raises(KeyboardInterrupt):
@@ -276,7 +277,7 @@ def test_every_optimizer_roundtrips_and_the_next_step_is_identical(name, tmp_pat
 def test_schedule_is_recorded_as_data():
     sched = keras.optimizers.schedules.ExponentialDecay(0.01, decay_steps=3, decay_rate=0.5)
     a, _ = small_model(keras.optimizers.SGD(sched))
-    state = conv.extract_state(a)
+    state = osf._api.source_state(a)
     lr = state.optimizer.learning_rate
     assert lr["kind"] == "schedule" and lr["class_name"] == "ExponentialDecay"
     assert lr["config"]["decay_steps"] == 3
@@ -404,7 +405,7 @@ def test_subclassed_paths_are_attribute_paths(tmp_path):
     m = Subclassed()
     m.compile("adam", "mse")
     m(np.zeros((2, 5), "float32"))
-    state = conv.extract_state(m)
+    state = osf._api.source_state(m)
     assert sorted(w.path for w in state.weights) == [
         "encoder/gate/bias", "encoder/gate/kernel", "encoder/proj/bias", "encoder/proj/kernel",
         "head/bias", "head/kernel"]
@@ -460,7 +461,7 @@ def test_a_format_1_0_archive_imports_into_the_rebuilt_seed_model():
     b, rb = seed_model((32, 250, 4))
     report = osf.import_state(b, path, include_weights=True)
     assert report.ok and int(b.optimizer.iterations.numpy()) == state.step == 3
-    infos = {vi.path: vi.var for vi, _ in conv.describe_model(b)}
+    infos = {w.path: w.variable.handle for w in conv.describe_model(b).weights}
     opt = b.optimizer
     checked = 0
     for file_path, model_path, _ in report.matched:
@@ -656,12 +657,12 @@ def test_optimizer_rebuilt_from_the_file_resumes_identically(tmp_path):
 def test_optimizer_from_state_never_imports_a_class_named_in_the_file(tmp_path):
     a, _ = small_model("adam")
     train(a, 1)
-    state = conv.extract_state(a, materialize=True)
+    state = osf._api.source_state(a, materialize=True)
     state.optimizer.class_name = "Popen"
     with pytest.raises(osf.UnsupportedError) as e:
         conv.optimizer_from_state(state)
     assert "custom_objects" in str(e.value)
-    state = conv.extract_state(a, materialize=True)
+    state = osf._api.source_state(a, materialize=True)
     state.optimizer.learning_rate = {"kind": "schedule", "class_name": "os.system",
                                      "config": {}}
     with pytest.raises(osf.UnsupportedError):
@@ -670,7 +671,7 @@ def test_optimizer_from_state_never_imports_a_class_named_in_the_file(tmp_path):
     class MyAdam(keras.optimizers.Adam):
         pass
 
-    state = conv.extract_state(a, materialize=True)
+    state = osf._api.source_state(a, materialize=True)
     state.optimizer.class_name = "MyAdam"
     assert isinstance(conv.optimizer_from_state(state, custom_objects={"MyAdam": MyAdam}),
                       MyAdam)
@@ -699,6 +700,6 @@ def test_auto_names_that_coincide_across_sessions_are_never_identities(tmp_path)
                                                              "Conv2DTranspose"),
     ("lstm_4", "LSTM"), ("multi_head_attention", "MultiHeadAttention"), ("dense", "Dense")])
 def test_keras_auto_names_are_recognized(name, cls):
-    from optstate_format.converters._keras_base import is_auto_name
+    from optstate_format.converters._keras_graph import is_auto_name
     assert is_auto_name(name, cls)
     assert not is_auto_name("encoder", cls) and not is_auto_name(f"{name}_head", cls)

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 import optstate_format as osf
-from optstate_format._match import SlotTarget, TargetState, TargetWeight, plan_import
+from optstate_format._match import plan_import
+from optstate_format.adapter import Variable
 
 from helpers import adam_state
 
@@ -17,14 +18,15 @@ def target_for(state, *, rename=None, structural=None, names=None, shapes=None, 
         shape = (shapes or {}).get(w.path, w.shape)
         hints = {"structural": (structural or {}).get(w.path, w.hints.get("structural")),
                  "name": (names or {}).get(w.path)}
-        slots = {s: SlotTarget(shape, "float32", (path, s)) for s in slot_names}
-        weights.append(TargetWeight(path, shape, "float32", True, hints, slots, (path, "value")))
-    return TargetState(alg, "Adam", weights,
-                       {"iterations": SlotTarget((), "int64", "iterations")})
+        slots = {s: Variable((path, s), shape, "float32") for s in slot_names}
+        weights.append(osf.WeightEntry(path, shape, "float32", True, slots=slots, hints=hints,
+                                       value=Variable((path, "value"), shape, "float32")))
+    return osf.OptimizerState(osf.OptimizerInfo(alg, "Adam"), weights=weights,
+                              globals={"iterations": Variable("iterations", (), "int64")})
 
 
 def as_dict(assignments):
-    return {h: a for h, a in assignments}
+    return {v.handle: a for v, a in assignments}
 
 
 def test_matches_by_structure_when_names_are_auto_generated():

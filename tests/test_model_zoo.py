@@ -131,8 +131,8 @@ def test_tf_keras_model_state_moves_into_keras3(builder, tmp_path):
     state = osf.read(path)
     opt = b.optimizer
     by_path = {}
-    for vi, _ in osf.converters.keras3.describe_model(b):
-        by_path[vi.path] = vi.var
+    for w in osf.converters.keras3.describe_model(b).weights:
+        by_path[w.path] = w.variable.handle
     checked = 0
     for fp, tp, _ in report.matched:
         entry, var = state.weight(fp), by_path[tp]

@@ -54,3 +54,10 @@ def test_worked_example_hashes_are_what_the_code_computes():
     d1 = chain(chain(d2, "arg0"), "Dense")
     for value in (out0, d2, d1, chain(d2, "kernel"), chain(d1, "kernel")):
         assert value in SPEC
+
+
+def test_every_converter_naming_table_names_only_registry_algorithms_and_slots():
+    from optstate_format.converters import _keras_tables
+    for table in (_keras_tables.KERAS3, _keras_tables.TF_KERAS, _keras_tables.TF_KERAS_LEGACY):
+        assert table.problems() == []
+        assert table.classes  # a table that names nothing would pass vacuously

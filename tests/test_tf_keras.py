@@ -7,7 +7,7 @@ tf_keras = pytest.importorskip("tf_keras")
 keras = pytest.importorskip("keras")
 
 import optstate_format as osf  # noqa: E402
-from optstate_format import _registry  # noqa: E402
+from optstate_format.converters._keras_tables import KERAS3, TF_KERAS, TF_KERAS_LEGACY  # noqa: E402,E501
 
 from keras_models import two_branch as k3_two_branch  # noqa: E402
 
@@ -77,12 +77,12 @@ def slot(model, var, canonical):
     opt = model.optimizer
     alg = "adam"
     if isinstance(opt, K.optimizers.legacy.Optimizer):
-        legacy = {s.name: s.tf_keras_legacy for s in _registry.slots_for(alg)}[canonical]
+        legacy = TF_KERAS_LEGACY.framework_name(alg, canonical)
         return np.array(opt.get_slot(var, legacy).numpy())
     if isinstance(model, keras.Model):
-        attr = {s.name: s.keras3 for s in _registry.slots_for(alg)}[canonical]
+        attr = KERAS3.framework_name(alg, canonical)
         return np.array(getattr(opt, attr)[opt._get_variable_index(var)].numpy())
-    attr = {s.name: s.tf_keras for s in _registry.slots_for(alg)}[canonical]
+    attr = TF_KERAS.framework_name(alg, canonical)
     return np.array(getattr(opt, attr)[opt._index_dict[opt._var_key(var)]].numpy())
 
 

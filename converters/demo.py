@@ -1,5 +1,8 @@
 """``optstate demo``: the seed report's case, end to end (needs the keras extra).
 
+Installed as ``optstate_format.converters.demo``: it needs Keras, so it lives
+with the converters, not in the framework-free core.
+
 Model A reads 240 timesteps; model B, rebuilt for 250, gets a ZeroPadding1D in
 one branch, which reorders its layers. Keras's order-based optimizer loading
 fails on that pair; optstate imports every slot onto the weight with the same
@@ -95,6 +98,10 @@ def run(out_dir="demo-out") -> int:
     print(f"   {checked} slot arrays equal to their role's source; iterations = "
           f"{int(model_b.optimizer.iterations.numpy())}")
     print("== 6. The file")
-    from .cli import main
-    main(["inspect", str(path)])
+    state = osf.read(path)
+    print(f"   {path}: optstate {state.version}, {state.optimizer.class_name} (algorithm "
+          f"{state.optimizer.algorithm}), step {state.step}, {len(state.weights)} weights, "
+          f"{sum(len(w.slots) for w in state.weights)} slots")
+    print(f"   {osf.check(path)}")
+    print(f"   (optstate inspect {path} prints every weight and slot)")
     return 0

@@ -1,8 +1,9 @@
-"""What Keras 3 and tf_keras share: describing a layer graph and moving arrays.
+"""What Keras 3 and tf_keras share: the layer-graph walk and the optimizer-slot discovery.
 
 A subclass supplies the framework specifics (how a tensor names the node that
 made it, which objects are layers, models and variables, how the optimizer
-keeps its slots). Everything here only describes; the core decides.
+keeps its slots, every private name it touches, in its one table). Everything
+here only describes (``optstate_format.adapter`` records); the core decides.
 """
 
 from __future__ import annotations
@@ -13,12 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from optstate_format import _dtypes, _registry
-from optstate_format._errors import OptStateError, UnsupportedError
-from optstate_format._identity import Graph, Layer, Node, weight_identities
-from optstate_format._io import read, write
-from optstate_format._match import SlotTarget, TargetState, TargetWeight, plan_import
+from optstate_format._errors import UnsupportedError
+from optstate_format._identity import Graph, Layer, Node
 from optstate_format._paths import NAME_RE, sanitize_segment
-from optstate_format._state import LazyTensor, OptimizerInfo, OptimizerState, WeightEntry
+from optstate_format.adapter import (BaseAdapter, ModelDescription, ModelWeight, Variable,
+                                     WeightSlots)
 
 _SKIP_ATTRS = {"_layers", "_tracker", "_inbound_nodes", "_outbound_nodes", "_functional",
                "_self_tracked_trackables", "_operations", "_input_layers", "_output_layers",
@@ -76,13 +76,13 @@ class VarInfo:
     layer_class: str
     local: str
     trainable: bool
+    generated: bool = False
 
 
-class KerasAdapter:
+class KerasAdapter(BaseAdapter):
     """Base adapter. Subclasses implement the hooks marked 'framework hook'."""
 
     framework = ""         # producer.framework
-    registry_key = ""      # registry column: "keras3", "tf_keras", "tf_keras_legacy"
     auto_model_names = ()  # auto names models get ("functional", "model", "sequential")
 
     # framework classes, set by each subclass
@@ -116,7 +116,8 @@ class KerasAdapter:
     def var_numpy(self, var): raise NotImplementedError
     def assign(self, var, value): raise NotImplementedError
     def framework_version(self): raise NotImplementedError
-    def optimizer_parts(self, opt, model): raise NotImplementedError
+    def optimizer_parts(self, opt, model): raise NotImplementedError   # OptimizerDescription
+    def is_generated_weight_name(self, name): raise NotImplementedError
 
     def producer_extra(self):
         return {}
@@ -161,36 +162,38 @@ class KerasAdapter:
         return out
 
     def _own_weights(self, layer, seen):
-        """(local name, variable) for the variables ``layer`` owns itself, names made unique."""
+        """(local name, variable, generated) for the variables ``layer`` owns itself, names
+        made unique; ``generated`` when the framework made the name up (``variable_12``)."""
         out, names = [], set()
         for v in self.own_variables(layer):
             if id(v) in seen:
                 continue
             seen.add(id(v))
-            base = sanitize_segment(self.var_name(v))
+            name = self.var_name(v)
+            base = sanitize_segment(name)
             local, k = base, 1
             while local in names:
                 local, k = f"{base}_{k}", k + 1
             names.add(local)
-            out.append((local, v))
+            out.append((local, v, self.is_generated_weight_name(name)))
         return out
 
     def _layer_weights(self, layer, seen):
-        """(local name, variable) for a layer: own variables, then sublayers by attribute."""
+        """(local name, variable, generated) for a layer: own variables, then sublayers."""
         out = self._own_weights(layer, seen)
         for attr, sub in self._attr_children(layer):
-            for local, v in self._layer_weights(sub, seen):
-                out.append((f"{attr}/{local}", v))
+            for local, v, gen in self._layer_weights(sub, seen):
+                out.append((f"{attr}/{local}", v, gen))
         return out
 
     def _graph(self, model, prefix, named, out, seen):
         """Describe ``model`` as a Graph; append each weight's VarInfo to ``out``."""
         def register(pairs, seg_path, lnamed, cls):
             weights = []
-            for local, v in pairs:
+            for local, v, generated in pairs:
                 wid = len(out)
                 out.append(VarInfo("/".join(seg_path + [local]), v, lnamed, cls, local,
-                                   bool(v.trainable)))
+                                   bool(v.trainable), generated))
                 weights.append((local, wid))
             return weights
 
@@ -266,183 +269,61 @@ class KerasAdapter:
     def _model_outputs(self, model):
         return list(model.outputs)
 
-    def describe_model(self, model):
-        """VarInfo for every variable of ``model``, with identity hints."""
+    def variable(self, var) -> Variable:
+        return Variable(var, self.var_shape(var), self.var_dtype(var))
+
+    def describe_model(self, model) -> ModelDescription:
+        """Every variable of ``model`` with its path, identity inputs and the graph."""
         out, seen = [], set()
         graph = self._graph(model, [], True, out, seen)
-        ids = weight_identities(graph)
-        infos = []
-        paths = set()
-        for wid, vi in enumerate(out):
-            if vi.path in paths:
-                raise UnsupportedError(
-                    f"two weights of the model get the canonical path {vi.path!r}; give the "
-                    "layers distinct names.", path=vi.path)
-            paths.add(vi.path)
-            hints = {"structural": ids.get(wid), "name": vi.path if vi.named else None,
-                     "layer_class": vi.layer_class, "weight_name": vi.local}
-            infos.append((vi, hints))
+        weights = [ModelWeight(vi.path, self.variable(vi.var), vi.trainable, graph_id=wid,
+                               named=vi.named, generated_name=vi.generated,
+                               layer_class=vi.layer_class, local_name=vi.local)
+                   for wid, vi in enumerate(out)]
         # Every model variable must be described: one outside the walk gets a path, no identity.
         for v in list(model.trainable_variables) + list(model.non_trainable_variables):
             if id(v) not in seen:
                 seen.add(id(v))
                 path = "/".join(sanitize_segment(s) for s in self._fallback_path(v).split("/"))
-                vi = VarInfo(path, v, False, "?", self.var_name(v), bool(v.trainable))
-                infos.append((vi, {"structural": None, "name": None, "layer_class": "?",
-                                   "weight_name": vi.local}))
-        return infos
+                weights.append(ModelWeight(path, self.variable(v), bool(v.trainable),
+                                           local_name=self.var_name(v)))
+        producer = {"framework": self.framework,
+                    "framework_version": self.framework_version(), **self.producer_extra()}
+        return ModelDescription(weights, graph, producer)
 
     def _fallback_path(self, v):
         return getattr(v, "path", None) or self.var_name(v)
 
     # ---- optimizer --------------------------------------------------------------------
-    def optimizer_info(self, opt, parts):
-        alg = parts["algorithm"]
-        return OptimizerInfo(algorithm=alg, class_name=parts["class_name"],
-                             module=parts["module"], hyperparameters=parts["hyperparameters"],
-                             learning_rate=parts["learning_rate"], wrappers=parts["wrappers"],
-                             components=parts.get("components", []))
-
     def _opt(self, model, optimizer):
         opt = optimizer if optimizer is not None else getattr(model, "optimizer", None)
         if opt is None:
             raise UnsupportedError("the model has no optimizer: compile it or pass optimizer=.")
         return opt
 
-    def extract_state(self, model, *, optimizer=None, include_weights=False,
-                      materialize=False, metadata=None):
-        """The model's optimizer state as an OptimizerState (lazy arrays unless materialize)."""
-        opt = self._opt(model, optimizer)
-        parts = self.optimizer_parts(opt, model)
-        infos = self.describe_model(model)
+    def describe_optimizer(self, model, optimizer=None, *, create=True):
+        """The optimizer as records (Keras builds an unbuilt optimizer either way: its
+        variables then hold their initial values, which is what a fresh one holds)."""
+        return self.optimizer_parts(self._opt(model, optimizer), model)
 
-        def tensor(v):
-            if materialize:
-                return np.array(self.var_numpy(v))
-            # fetched when the writer reaches it: a view of the framework's buffer, no copy
-            return LazyTensor(self.var_shape(v), self.var_dtype(v),
-                              lambda v=v: self.var_view(v))
-
-        entries = []
-        for vi, hints in infos:
-            slots = {name: tensor(sv) for name, sv in parts["slots"].get(id(vi.var), {}).items()}
-            if not slots and not include_weights:
-                continue
-            entries.append(WeightEntry(
-                path=vi.path, shape=self.var_shape(vi.var), dtype=self.var_dtype(vi.var),
-                trainable=vi.trainable, slots=slots, hints=hints,
-                value=tensor(vi.var) if include_weights else None,
-                component=parts.get("component_of", {}).get(id(vi.var), 0)))
-        described = {id(vi.var) for vi, _ in infos}
-        for vid in parts["slots"]:
-            if vid not in described:
-                raise UnsupportedError("the optimizer holds state for a variable that is not "
-                                       "part of the model; pass the model it was built for.")
-        return OptimizerState(
-            optimizer=self.optimizer_info(opt, parts), step=parts["step"], weights=entries,
-            globals={k: tensor(v) for k, v in parts["globals"].items()},
-            producer={"framework": self.framework,
-                      "framework_version": self.framework_version(), **self.producer_extra()},
-            metadata=dict(metadata or {}))
-
-    def export_state(self, model, path, *, optimizer=None, include_weights=False,
-                     metadata=None, fsync=True):
-        """Write the model's optimizer state to ``path`` (see optstate_format.export_state)."""
-        state = self.extract_state(model, optimizer=optimizer,
-                                   include_weights=include_weights, metadata=metadata)
-        return write(state, path, fsync=fsync)
-
-    def describe_target(self, model, opt):
-        parts = self.optimizer_parts(opt, model)
-        weights = []
-        for vi, hints in self.describe_model(model):
-            slots = {name: SlotTarget(self.var_shape(sv), self.var_dtype(sv), sv)
-                     for name, sv in parts["slots"].get(id(vi.var), {}).items()}
-            weights.append(TargetWeight(vi.path, self.var_shape(vi.var),
-                                        self.var_dtype(vi.var), vi.trainable, hints, slots,
-                                        vi.var, parts.get("component_of", {}).get(id(vi.var), 0)))
-        globals_ = {k: SlotTarget(self.var_shape(v), self.var_dtype(v), v)
-                    for k, v in parts["globals"].items()}
-        return TargetState(parts["algorithm"], parts["class_name"], weights, globals_,
-                           parts["hyperparameters"], parts["learning_rate"],
-                           parts.get("components", []), parts["module"])
-
-    def apply_state(self, model, state, *, optimizer=None, strict=True, mapping=None,
-                    include_weights=False, rollback=True):
-        opt = self._opt(model, optimizer)
-        target = self.describe_target(model, opt)  # builds an unbuilt optimizer first
-        report, assignments = plan_import(state, target, mapping=mapping, strict=strict,
-                                          include_weights=include_weights)
-        self.assign_all(assignments, rollback=rollback)
-        return report
-
-    def import_state(self, model, path, *, optimizer=None, strict=True, mapping=None,
-                     include_weights=False, rollback=True):
-        """Import ``path`` into the model (see optstate_format.import_state)."""
-        state = read(path, verify=True)
-        return self.apply_state(model, state, optimizer=optimizer, strict=strict,
-                                mapping=mapping, include_weights=include_weights,
-                                rollback=rollback)
-
-    def ensure_built(self, opt, model):
-        raise NotImplementedError
-
-    def snapshot(self, var):
-        """The variable's current value as of now, unaffected by later assignments
-        (framework hook: a copy by default; TensorFlow shares the buffer instead)."""
-        return np.array(self.var_numpy(var))
-
-    def var_view(self, var):
-        """The variable's current value as an array, without a copy where the
-        framework's snapshot shares its buffer."""
+    def read(self, var):
+        """The variable's current value, as a view of the framework's buffer where it can."""
         return np.asarray(self.snapshot(var))
 
-    def journal_entry(self, var):
-        """What restores ``var`` to its current value if the import fails.
+    def snapshot(self, var):
+        """The current value, unaffected by later assignments (a copy by default; the
+        TensorFlow adapters share the buffer instead)."""
+        return np.array(self.var_numpy(var))
 
-        A variable whose every element has the same bits (a fresh optimizer's slots:
-        zeros, or Adagrad's initial accumulator) is journalled as that one value, so
-        importing into a rebuilt model keeps no second copy of the state; any other
-        value is kept as a snapshot.
-        """
-        snap = self.snapshot(var)
-        value = constant_value(np.asarray(snap))  # the view is dropped before assigning
-        if value is not None:
-            return ("fill", value, self.var_shape(var))
-        return ("value", snap, None)
+    def slot_sets(self, slots_by_var, component_of=None):
+        """[WeightSlots] from {id(model variable): (variable, {canonical name: slot var})}."""
+        component_of = component_of or {}
+        return [WeightSlots(v, {n: self.variable(sv) for n, sv in slots.items()},
+                            component_of.get(vid, 0))
+                for vid, (v, slots) in slots_by_var.items()]
 
-    def restore(self, var, entry):
-        kind, value, shape = entry
-        self.assign(var, filled(value, shape) if kind == "fill" else value)
-
-    def assign_all(self, assignments, rollback=True):
-        """Assign every (variable, array); on any failure restore what was assigned.
-
-        Everything was validated and converted before this point; the journal guards
-        against the framework failing mid-way (device errors) and against an
-        interrupt (Ctrl-C): the interrupt is re-raised once everything is restored.
-        ``rollback=False`` skips the journal (no snapshot of non-constant old values)
-        at the price of that guarantee.
-        """
-        journal = []
-        try:
-            for var, arr in assignments:
-                entry = self.journal_entry(var) if rollback else None
-                self.assign(var, arr)
-                journal.append((var, entry))
-        except BaseException as e:
-            if not rollback:
-                raise OptStateError(f"assigning a variable failed ({type(e).__name__}: {e}) "
-                                    f"after {len(journal)} of {len(assignments)} assignments; "
-                                    "rollback=False, so the optimizer is partly updated.",
-                                    code="E_ASSIGN") from e
-            for var, entry in reversed(journal):
-                self.restore(var, entry)
-            if isinstance(e, OptStateError) or not isinstance(e, Exception):
-                raise  # ours, or an interrupt: everything is restored, let it through
-            raise OptStateError(f"assigning a variable failed ({type(e).__name__}: {e}); every "
-                                "variable already assigned was restored.",
-                                code="E_ASSIGN") from e
+    def globals_of(self, globals_):
+        return {name: self.variable(v) for name, v in globals_.items()}
 
     # helpers for optimizer_parts
     def slot_families(self, opt, tvars):
@@ -463,19 +344,34 @@ class KerasAdapter:
             fams[attr] = val
         return fams
 
-    def family_parts(self, opt, tvars, attr_map, variables, globals_):
+    def family_parts(self, opt, tvars, names, alg, variables, globals_):
         """Slots from the per-variable lists aligned with ``tvars``; every other optimizer
         variable (listed in ``variables`` or held in an attribute) becomes a global.
 
-        Returns {id(model variable): {canonical slot name: slot variable}}; fills ``globals_``.
+        ``names`` maps the framework's attributes to canonical slot names for a built-in
+        optimizer of registry algorithm ``alg`` (None for any other optimizer, whose slots
+        keep their attribute names: the generic form). For a built-in, a per-variable list
+        the table does not know, or a registry slot the optimizer lacks, means the framework
+        changed under us: refused, never written under a made-up name.
+        Returns {id(model variable): (variable, {canonical slot: slot variable})}.
         """
         slots, fam_ids = {}, set()
         for attr, lst in self.slot_families(opt, tvars).items():
-            sname = attr_map.get(attr) or self.global_name(attr)
+            if names is not None and attr not in names:
+                self.private.changed(f"{type(opt).__name__} keeps a per-variable list "
+                                     f"{attr!r} that the converter's table does not name")
+            sname = names[attr] if names is not None else self.global_name(attr)
             for v, sv in zip(tvars, lst):
                 if sv is not None:
-                    slots.setdefault(id(v), {})[sname] = sv
+                    slots.setdefault(id(v), (v, {}))[1][sname] = sv
                     fam_ids.add(id(sv))
+        if names is not None and tvars:
+            found = {n for _, per in slots.values() for n in per}
+            required = {sl.name for sl in _registry.slots_for(alg) if not sl.optional}
+            if required - found:
+                self.private.changed(f"{type(opt).__name__} has no list for slot(s) "
+                                     f"{sorted(required - found)} (attribute(s) "
+                                     f"{sorted(k for k, c in names.items() if c in required - found)})")
         attr_of = {}
         for attr, val in sorted(vars(opt).items()):
             if self.is_variable(val):
@@ -522,52 +418,13 @@ class KerasAdapter:
         return repr(obj)
 
 
-_PREFIX = 4096        # elements compared before a full scan: trained state fails fast
-_CHUNK = 1 << 22      # elements per comparison, bounding the temporary mask (4 MB)
-
-
-def constant_value(arr):
-    """One element of ``arr`` (a 1-element array) if every element has its bits, else None.
-
-    Compares bit patterns, not values: -0.0 is not 0.0 and NaN payloads count, so
-    :func:`filled` rebuilds the array bitwise. Costs one read of ``arr`` when it is
-    constant and a few thousand elements when it is not.
-
-    >>> constant_value(np.zeros((3, 2), np.float32)), constant_value(np.array([0.0, -0.0]))
-    (array([0.], dtype=float32), None)
-    """
-    arr = np.asarray(arr)
-    size = arr.dtype.itemsize
-    if arr.size == 0 or size not in (1, 2, 4, 8) or not arr.flags.c_contiguous:
-        return None
-    flat = arr.reshape(-1)
-    bits = flat.view(np.dtype(f"u{size}"))
-    first = bits[0]
-    if np.count_nonzero(bits[:_PREFIX] != first):
-        return None
-    for start in range(_PREFIX, bits.size, _CHUNK):
-        chunk = bits[start:start + _CHUNK]
-        # zeros (the usual case) need no temporary mask at all
-        if np.count_nonzero(chunk if first == 0 else chunk != first):
-            return None
-    return flat[:1].copy()
-
-
-def filled(value, shape):
-    """An array of ``shape`` whose every element has the bits of ``value[0]``."""
-    value = np.asarray(value)
-    unsigned = np.dtype(f"u{value.dtype.itemsize}")
-    out = np.empty(shape, value.dtype)
-    out.reshape(-1).view(unsigned)[...] = value.view(unsigned)[0]
-    return out
-
-
 def dtype_name(dtype) -> str:
     name = getattr(dtype, "name", None) or str(dtype)
     name = name.replace("_ref", "")
     return _dtypes.name_of(name)
 
 
-def generic_or(framework_key, class_name, builtin):
-    alg = _registry.algorithm_for_class(framework_key, class_name) if builtin else None
+def generic_or(names, class_name, builtin):
+    """The registry id of a built-in optimizer class, else the generic form (spec 7.5)."""
+    alg = names.algorithm_for_class(class_name) if builtin else None
     return alg or f"{_registry.GENERIC_PREFIX}{class_name}"

@@ -1,0 +1,146 @@
+"""The one conductor: export, import and transfer for every framework.
+
+An adapter (``optstate_format.adapter.Adapter``) describes a model and its
+optimizer and moves arrays; everything else happens here, once::
+
+    export:   describe -> state (lazy tensors) -> write
+    import:   read -> describe target -> plan (match, check, convert) -> journal -> report
+    transfer: describe source -> state (copied arrays) -> as import
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _journal
+from ._errors import UnsupportedError
+from ._identity import weight_identities
+from ._io import read, write
+from ._match import plan_import
+from ._state import LazyTensor, OptimizerState, WeightEntry
+from .adapter import Adapter, ModelDescription, OptimizerDescription, Variable
+
+
+def adapter_for(model) -> Adapter:
+    """The adapter for ``model``'s framework, found by the top-level module of its classes.
+
+    >>> adapter_for(object())
+    Traceback (most recent call last):
+    ...
+    optstate_format._errors.UnsupportedError: E_UNSUPPORTED: no converter for models of type object (module builtins); supported: keras, tf_keras, torch.
+    """
+    from .converters import ADAPTERS
+    for klass in type(model).__mro__:
+        top = (klass.__module__ or "").split(".")[0]
+        if top in ADAPTERS:
+            return ADAPTERS[top]()
+    raise UnsupportedError(f"no converter for models of type {type(model).__name__} (module "
+                           f"{type(model).__module__}); supported: "
+                           f"{', '.join(sorted(ADAPTERS))}.")
+
+
+def _hints(model: ModelDescription) -> list:
+    """Identity hints (spec 8.1) for every weight of a described model, in its order."""
+    ids = weight_identities(model.graph)
+    out = []
+    for w in model.weights:
+        named = w.named and not w.generated_name
+        out.append({"structural": ids.get(w.graph_id) if w.graph_id is not None else None,
+                    "name": w.path if named else None,
+                    "layer_class": w.layer_class, "weight_name": w.local_name})
+    return out
+
+
+def _check_paths(model: ModelDescription):
+    seen = set()
+    for w in model.weights:
+        if w.path in seen:
+            raise UnsupportedError(f"two weights of the model get the canonical path {w.path!r};"
+                                   " give the layers distinct names.", path=w.path)
+        seen.add(w.path)
+
+
+def build_state(model: ModelDescription, opt: OptimizerDescription, *, wrap,
+                include_weights: bool, all_weights: bool = False, metadata=None):
+    """An :class:`OptimizerState` from the two descriptions; ``wrap(Variable)`` gives each
+    tensor (a lazy read for export, a copy for transfer, the Variable itself for a target).
+
+    ``all_weights`` keeps weights without slots too (a target lists everything it has).
+    """
+    _check_paths(model)
+    by_weight = {id(ws.weight): ws for ws in opt.slots}
+    described = {id(w.variable.handle) for w in model.weights}
+    stray = [k for k in by_weight if k not in described]
+    if stray:
+        raise UnsupportedError("the optimizer holds state for a variable that is not part of "
+                               "the model; pass the model it was built for.")
+    entries = []
+    for w, hints in zip(model.weights, _hints(model)):
+        ws = by_weight.get(id(w.variable.handle))
+        slots = {name: wrap(v) for name, v in (ws.slots.items() if ws else ())}
+        if not slots and not include_weights and not all_weights:
+            continue
+        entries.append(WeightEntry(
+            path=w.path, shape=tuple(w.variable.shape), dtype=w.variable.dtype,
+            trainable=w.trainable, slots=slots, hints=hints,
+            value=wrap(w.variable) if include_weights or all_weights else None,
+            component=ws.component if ws else 0))
+    return OptimizerState(optimizer=opt.info, step=opt.step, weights=entries,
+                          globals={k: wrap(v) for k, v in opt.globals.items()},
+                          producer=dict(model.producer), metadata=dict(metadata or {}))
+
+
+def _describe(adapter, model, optimizer, create):
+    return adapter.describe_model(model), adapter.describe_optimizer(model, optimizer,
+                                                                     create=create)
+
+
+def source_state(model, *, optimizer=None, include_weights=False, materialize=False,
+                 metadata=None) -> OptimizerState:
+    """``model``'s optimizer state: lazy reads (export) or copies (``materialize``)."""
+    adapter = adapter_for(model)
+    desc, opt = _describe(adapter, model, optimizer, create=False)
+    if materialize:
+        def wrap(v: Variable):
+            return np.array(adapter.read(v.handle))
+    else:
+        def wrap(v: Variable):
+            # fetched when the writer reaches it: a view of the framework's buffer if it can
+            return LazyTensor(v.shape, v.dtype, lambda: adapter.read(v.handle))
+    return build_state(desc, opt, wrap=wrap, include_weights=include_weights,
+                       metadata=metadata)
+
+
+def export_state(model, path, *, optimizer=None, include_weights=False, metadata=None,
+                 fsync=True):
+    state = source_state(model, optimizer=optimizer, include_weights=include_weights,
+                         metadata=metadata)
+    return write(state, path, fsync=fsync)
+
+
+def apply_state(model, state: OptimizerState, *, optimizer=None, strict=True, mapping=None,
+                include_weights=False, rollback=True):
+    """Plan ``state`` against ``model`` (every check), then assign it all or nothing."""
+    adapter = adapter_for(model)
+    desc, opt = _describe(adapter, model, optimizer, create=True)
+    target = build_state(desc, opt, wrap=lambda v: v, include_weights=False, all_weights=True)
+    target.producer["framework"] = getattr(adapter, "framework", "")
+    report, assignments = plan_import(state, target, mapping=mapping, strict=strict,
+                                      include_weights=include_weights)
+    report.assigned = _journal.apply(adapter, assignments, rollback=rollback)
+    return report
+
+
+def import_state(model, path, *, optimizer=None, strict=True, mapping=None,
+                 include_weights=False, rollback=True):
+    state = read(path, verify=True)
+    return apply_state(model, state, optimizer=optimizer, strict=strict, mapping=mapping,
+                       include_weights=include_weights, rollback=rollback)
+
+
+def transfer_state(src_model, dst_model, *, src_optimizer=None, optimizer=None, strict=True,
+                   mapping=None, include_weights=False, rollback=True):
+    state = source_state(src_model, optimizer=src_optimizer, include_weights=include_weights,
+                         materialize=True)
+    return apply_state(dst_model, state, optimizer=optimizer, strict=strict, mapping=mapping,
+                       include_weights=include_weights, rollback=rollback)

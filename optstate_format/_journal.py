@@ -1,0 +1,167 @@
+"""The rollback journal: every assignment of an import, all or nothing.
+
+The plan has checked everything before the first assignment; the journal guards
+against what no check can see: the framework failing mid-way (a device error)
+and interrupts. Each variable's previous value is recorded *before* it is
+assigned, so a failure at any point restores exactly the variables touched.
+SIGINT is held back while the journal runs (in the main thread): an interrupt
+that arrives mid-way rolls everything back and is then re-raised; one that
+arrives during the rollback cannot cut it short.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+import numpy as np
+
+from .adapter import ABSENT
+from ._errors import OptStateError
+
+_PREFIX = 4096        # elements compared before a full scan: trained state fails fast
+_CHUNK = 1 << 22      # elements per comparison, bounding the temporary mask (4 MB)
+
+
+def constant_value(arr):
+    """One element of ``arr`` (a 1-element array) if every element has its bits, else None.
+
+    Compares bit patterns, not values: -0.0 is not 0.0 and NaN payloads count, so
+    :func:`filled` rebuilds the array bitwise. Costs one read of ``arr`` when it is
+    constant and a few thousand elements when it is not.
+
+    >>> constant_value(np.zeros((3, 2), np.float32)), constant_value(np.array([0.0, -0.0]))
+    (array([0.], dtype=float32), None)
+    """
+    arr = np.asarray(arr)
+    size = arr.dtype.itemsize
+    if arr.size == 0 or size not in (1, 2, 4, 8) or not arr.flags.c_contiguous:
+        return None
+    flat = arr.reshape(-1)
+    bits = flat.view(np.dtype(f"u{size}"))
+    first = bits[0]
+    if np.count_nonzero(bits[:_PREFIX] != first):
+        return None
+    for start in range(_PREFIX, bits.size, _CHUNK):
+        chunk = bits[start:start + _CHUNK]
+        # zeros (the usual case) need no temporary mask at all
+        if np.count_nonzero(chunk if first == 0 else chunk != first):
+            return None
+    return flat[:1].copy()
+
+
+def filled(value, shape):
+    """An array of ``shape`` whose every element has the bits of ``value[0]``.
+
+    >>> filled(np.array([-0.0], np.float32), (2,)).tobytes() == np.array([-0.0, -0.0], np.float32).tobytes()
+    True
+    """
+    value = np.asarray(value)
+    unsigned = np.dtype(f"u{value.dtype.itemsize}")
+    out = np.empty(shape, value.dtype)
+    out.reshape(-1).view(unsigned)[...] = value.view(unsigned)[0]
+    return out
+
+
+def _entry(adapter, handle, shape):
+    """What restores ``handle`` to its current value: ABSENT, one repeated value, or a snapshot.
+
+    A variable whose every element has the same bits (a fresh optimizer's zeros, Adagrad's
+    initial accumulator) is kept as that one value, so importing into a rebuilt model keeps
+    no second copy of the state.
+    """
+    snap = adapter.snapshot(handle)
+    if snap is ABSENT:
+        return ("absent", ABSENT, None)
+    value = constant_value(np.asarray(snap))
+    if value is not None:
+        return ("fill", value, shape)
+    return ("value", snap, None)
+
+
+def _restore(adapter, handle, entry):
+    if entry[0] == "fill":
+        adapter.restore(handle, filled(entry[1], entry[2]))
+    else:
+        adapter.restore(handle, entry[1])
+
+
+class _HeldInterrupts:
+    """Hold SIGINT back (main thread only); ``arrived`` tells whether one came."""
+
+    def __init__(self):
+        self.arrived = False
+        self._old = None
+
+    def _handler(self, signum, frame):
+        self.arrived = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            try:
+                self._old = signal.signal(signal.SIGINT, self._handler)
+            except (ValueError, OSError):  # pragma: no cover - embedded interpreters
+                self._old = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+        return False
+
+
+def _rollback(adapter, journal):
+    """Restore every journalled variable, newest first; return those that failed twice."""
+    failed = []
+    for handle, entry in reversed(journal):
+        for attempt in (1, 2):
+            try:
+                _restore(adapter, handle, entry)
+                break
+            except Exception as e:  # noqa: BLE001 - a framework error; try once more
+                if attempt == 2:
+                    failed.append(f"{type(e).__name__}: {e}")
+    return failed
+
+
+def apply(adapter, assignments, *, rollback: bool = True) -> int:
+    """Make every assignment (variable, shape, array) through ``adapter``, all or nothing.
+
+    Returns the number assigned. On any failure, or an interrupt, every variable
+    already touched is restored and the error re-raised: ours as it is, an interrupt
+    as ``KeyboardInterrupt``, a framework error as ``OptStateError`` ``E_ASSIGN``. If
+    a restore fails too, ``E_ROLLBACK`` names how many variables may differ.
+    ``rollback=False`` keeps no journal: a failure then leaves a partial import and
+    says so (``E_ASSIGN``).
+    """
+    journal = []
+    with _HeldInterrupts() as held:
+        try:
+            for var, arr in assignments:
+                if rollback:
+                    journal.append((var.handle, _entry(adapter, var.handle, var.shape)))
+                adapter.assign(var.handle, arr)
+                if held.arrived:
+                    raise KeyboardInterrupt
+        except BaseException as e:
+            if not rollback:
+                raise OptStateError(
+                    f"assigning a variable failed ({type(e).__name__}: {e}) after "
+                    f"{len(journal)} of {len(assignments)} assignments; rollback=False, so the "
+                    "optimizer is partly updated. Import again, or re-create the optimizer.",
+                    code="E_ASSIGN") from e
+            failed = _rollback(adapter, journal)
+            if failed:
+                raise OptStateError(
+                    f"the import failed ({type(e).__name__}: {e}) and {len(failed)} of "
+                    f"{len(journal)} variables could not be restored ({failed[0]}); the model "
+                    "may hold a mix of old and new values. Re-create the optimizer or reload "
+                    "a checkpoint.", code="E_ROLLBACK") from e
+            if isinstance(e, OptStateError) or not isinstance(e, Exception):
+                raise  # ours, or an interrupt: everything is restored, let it through
+            raise OptStateError(f"assigning a variable failed ({type(e).__name__}: {e}); every "
+                                "variable already assigned was restored.",
+                                code="E_ASSIGN") from e
+    if held.arrived:  # an interrupt after the last assignment: the import is complete
+        raise KeyboardInterrupt
+    return len(assignments)
