@@ -268,7 +268,14 @@ def _accepted(cls, config, base):
     params = inspect.signature(cls.__init__).parameters
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
         params = {**inspect.signature(base.__init__).parameters, **params}
-    return {k: v for k, v in config.items() if k in params and k != "self"}
+    out = {k: v for k, v in config.items() if k in params and k != "self"}
+    for k, v in out.items():
+        default = params[k].default
+        numeric = isinstance(default, (int, float)) and not isinstance(default, bool)
+        if numeric and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise FormatError(f"the file's {cls.__name__} {k}={v!r} is not a number.",
+                              code="E_SCHEMA")
+    return out
 
 
 def _build(what, cls, call):
