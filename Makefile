@@ -3,8 +3,12 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+# The oldest framework releases pyproject claims (keep in step with its extras and README).
+OLD_VENV  := .venv-oldest
+OLD_STAMP := $(OLD_VENV)/.installed-stamp
+OLDEST    := 'tensorflow==2.20.*' 'keras==3.12.*' 'tf-keras==2.20.*'
 
-.PHONY: setup demo test test-core bench conformance clean
+.PHONY: setup demo test test-core test-oldest bench conformance clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +26,18 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python spec/generate.py --check
 	$(BIN)/python -m pytest
+	$(MAKE) test-oldest
+
+$(OLD_STAMP): pyproject.toml
+	test -x $(OLD_VENV)/bin/python || $(PYTHON) -m venv $(OLD_VENV)
+	$(OLD_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(OLD_VENV)/bin/python -m pip install --quiet -e '.[test]' $(OLDEST)
+	touch $(OLD_STAMP)
+
+# The Keras converters' tests again, on the oldest releases the extras admit.
+test-oldest: $(OLD_STAMP)
+	$(OLD_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_keras3.py \
+		tests/test_tf_keras.py tests/test_resume.py
 
 test-core: $(STAMP)
 	$(BIN)/python -m pytest -m "not framework"
@@ -33,4 +49,4 @@ conformance: $(STAMP)
 	$(BIN)/python spec/generate.py
 
 clean:
-	rm -rf $(VENV) demo-out build *.egg-info
+	rm -rf $(VENV) $(OLD_VENV) demo-out build *.egg-info

@@ -27,7 +27,7 @@ from ._keras_tables import KERAS3
 from ._private import PrivateAPI
 
 # The Keras 3 releases this converter is tested against (pyproject's keras extra).
-SUPPORTED = ">=3.8,<3.16"
+SUPPORTED = ">=3.12,<3.16"
 
 PRIVATE = PrivateAPI("keras", keras.__version__, SUPPORTED, attrs={
     "_keras_history": "the (operation, node index, tensor index) that made a symbolic tensor",

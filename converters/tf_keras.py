@@ -26,7 +26,7 @@ from ._keras_tables import TF_KERAS, TF_KERAS_LEGACY
 from ._private import PrivateAPI
 
 # The tf_keras releases this converter is tested against (pyproject's tf-keras extra).
-SUPPORTED = ">=2.16,<2.22"
+SUPPORTED = ">=2.20,<2.22"
 
 PRIVATE = PrivateAPI("tf_keras", tf_keras.__version__, SUPPORTED, attrs={
     "_keras_history": "the (layer, node index, tensor index) that made a symbolic tensor",

@@ -240,7 +240,9 @@ def _optimizers():
         "adam_grad_accum": lambda: O.Adam(0.01, gradient_accumulation_steps=2),
         "sgd_schedule": lambda: O.SGD(sched, momentum=0.9),
     }
-    if hasattr(O, "Muon"):
+    # Keras 3.12's Muon cannot take a step on the TensorFlow backend (it reads
+    # variable.path, which a TF variable lacks: a Keras bug fixed in 3.13)
+    if hasattr(O, "Muon") and tuple(int(p) for p in keras.__version__.split(".")[:2]) >= (3, 13):
         cases["muon"] = lambda: O.Muon(0.01)
     if hasattr(O, "ScheduleFreeAdamW"):
         cases["schedule_free_adamw"] = lambda: O.ScheduleFreeAdamW(0.01)
@@ -519,6 +521,8 @@ def test_functional_ops_outside_layers_do_not_break_identity(tmp_path):
     assert assert_roles_equal(a, ra, b, rb) == 12
 
 
+@pytest.mark.skipif(not hasattr(keras.optimizers, "MultiOptimizer"),
+                    reason="Keras 3.12 has no MultiOptimizer")
 def test_multi_optimizer_components_are_matched_by_their_weights_not_their_order(tmp_path):
     def build(swap):
         ipt = keras.Input((6,))

@@ -61,3 +61,16 @@ def test_every_converter_naming_table_names_only_registry_algorithms_and_slots()
     for table in (_keras_tables.KERAS3, _keras_tables.TF_KERAS, _keras_tables.TF_KERAS_LEGACY):
         assert table.problems() == []
         assert table.classes  # a table that names nothing would pass vacuously
+
+
+def test_converters_claim_the_version_ranges_pyproject_installs():
+    """Each converter's SUPPORTED range (named in its UnsupportedError) is its extra's."""
+    project = (ROOT / "pyproject.toml").read_text()
+    for module, package in (("keras3", "keras"), ("tf_keras", "tf-keras")):
+        claimed = re.search(r'^SUPPORTED = "([^"]+)"', (ROOT / "converters" / f"{module}.py")
+                            .read_text(), re.M).group(1)
+        assert f'"{package}{claimed}"' in project, (module, claimed)
+    makefile = (ROOT / "Makefile").read_text()
+    oldest = dict(re.findall(r"'([a-z-]+)==([0-9.]+)\.\*'", makefile))
+    assert oldest["keras"] == "3.12" and oldest["tf-keras"] == "2.20"
+    assert '"keras>=3.12,' in project and '"tf-keras>=2.20,' in project
