@@ -52,7 +52,7 @@ def main():
     print("torch.optim load_state_dict:")
     for name in ("first", "second"):
         same = torch.equal(moment(t_opt, theirs, name), moment(opt, model, name))
-        print(f"  {name}.weight exp_avg is {'its own' if same else "the OTHER layer's"}")
+        print(f"  {name}.weight exp_avg is", "its own" if same else "the OTHER layer's")
 
     # by role
     with tempfile.TemporaryDirectory() as d:
@@ -66,7 +66,7 @@ def main():
     print("  " + str(report).replace("\n", "\n  "))
     for name in ("first", "second"):
         same = torch.equal(moment(o_opt, ours, name), moment(opt, model, name))
-        print(f"  {name}.weight exp_avg is {'its own' if same else "the OTHER layer's"}")
+        print(f"  {name}.weight exp_avg is", "its own" if same else "the OTHER layer's")
 
     for m, o in ((model, opt), (theirs, t_opt), (ours, o_opt)):
         step(m, o, 3)
