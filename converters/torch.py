@@ -3,13 +3,15 @@
 torch keys optimizer state by the parameter's position in ``param_groups``
 (``Optimizer.state_dict()``, ``load_state_dict``); this adapter describes each
 parameter by its canonical path and identity instead (spec, "Appendix: PyTorch"),
-names each state entry through one table (``TORCH_OPTIMIZERS`` below: torch's
-state keys -> the registry's canonical slots) and moves arrays in and out. The
-core matches, validates, journals and reports.
+names each state entry through one table (``_torch_tables.TORCH_OPTIMIZERS``:
+torch's state keys -> the registry's canonical slots) and moves arrays in and
+out. The core (``optstate_format._api``) matches, validates, journals and
+reports; use it through the top-level functions:
 
 >>> # import optstate_format as osf
->>> # osf.export_state(model, "run.optstate", optimizer=opt)
+>>> # osf.export_state(model, "run.optstate", optimizer=opt)        # or (opt, lr_scheduler)
 >>> # osf.import_state(rebuilt_model, "run.optstate", optimizer=new_opt)
+>>> # osf.transfer_state(model, rebuilt_model, src_optimizer=opt, optimizer=new_opt)
 
 Also here: converting files torch wrote by position (``from_state_dict``,
 ``convert_optimizer_pt``, ``from_dcp_state_dict``) and an LR scheduler's state
@@ -20,22 +22,21 @@ from __future__ import annotations
 
 import re
 import warnings
-from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from optstate_format import _dtypes, _registry
-from optstate_format._errors import FormatError, MatchError, OptStateError, UnsupportedError
-from optstate_format._identity import Graph, Layer, Node, weight_identities
+from optstate_format import _api, _dtypes, _registry
+from optstate_format._errors import FormatError, MatchError, UnsupportedError
+from optstate_format._identity import Graph, Layer, Node
 from optstate_format._io import read, write
-from optstate_format._match import SlotTarget, TargetState, TargetWeight, match, plan_import
 from optstate_format._paths import NAME_RE, sanitize_segment
-from optstate_format._state import LazyTensor, OptimizerInfo, OptimizerState, WeightEntry
+from optstate_format._state import OptimizerInfo, OptimizerState
 from optstate_format.adapter import (ABSENT, BaseAdapter, ModelDescription, ModelWeight,
                                      OptimizerDescription, Variable, WeightSlots)
+
+from ._torch_tables import LBFGS_REASON, TORCH_OPTIMIZERS, StateKey
 
 try:  # the dtype torch.optim gives scalar state (float64 when that is the default dtype)
     from torch.optim.optimizer import _get_scalar_dtype
@@ -91,92 +92,6 @@ def _from_numpy(value) -> torch.Tensor:
         warnings.simplefilter("ignore", UserWarning)
         t = torch.from_numpy(arr)
     return t.view(torch.bfloat16) if bf16 else t
-
-
-# ---- the one table: torch.optim classes, their state keys, the registry's canonical slots -----
-@dataclass(frozen=True)
-class StateKey:
-    """One entry of a torch.optim optimizer's per-parameter state.
-
-    ``layout``: how torch shapes it for a parameter of shape s: ``like`` (s), ``scalar`` (()),
-    ``rows`` (s[:-1] + (1,), written squeezed: the registry's ``factored_rows``), ``cols``
-    (s[:-2] + (1,) + s[-1:], written squeezed: ``factored_cols``). ``init``: the value torch
-    gives it when it creates the state (used when an import creates it). ``when``: the
-    condition under which torch keeps it, from the parameter's group and the parameter.
-    ``python``: torch keeps it as a Python number, not a tensor.
-    """
-
-    key: str
-    slot: str
-    layout: str = "like"
-    init: str = "zeros"
-    when: Callable = None
-    python: type | None = None
-
-    def applies(self, group, p) -> bool:
-        return self.when is None or bool(self.when(group, p))
-
-
-def _step(device="capturable"):
-    # device: where torch keeps the counter: "capturable" (the parameter's device when the
-    # group is capturable or fused, else the CPU), "param" (always the parameter's), "cpu".
-    return StateKey("step", "step", "scalar", "step:" + device)
-
-
-_M, _V = StateKey("exp_avg", "m"), StateKey("exp_avg_sq", "v")
-
-
-@dataclass(frozen=True)
-class TorchAlgorithm:
-    algorithm: str   # registry id (optstate_format._registry)
-    keys: tuple      # StateKey entries, in torch's creation order
-
-
-TORCH_OPTIMIZERS = {
-    "SGD": TorchAlgorithm("sgd_torch", (
-        StateKey("momentum_buffer", "momentum_buffer", init="none",
-                 when=lambda g, p: g.get("momentum", 0) != 0),)),
-    "Adam": TorchAlgorithm("adam", (_step(), _M, _V, StateKey(
-        "max_exp_avg_sq", "v_hat", when=lambda g, p: g.get("amsgrad", False)))),
-    "AdamW": TorchAlgorithm("adamw", (_step(), _M, _V, StateKey(
-        "max_exp_avg_sq", "v_hat", when=lambda g, p: g.get("amsgrad", False)))),
-    "Adagrad": TorchAlgorithm("adagrad", (
-        _step(), StateKey("sum", "accumulator", init="initial_accumulator_value"))),
-    "Adadelta": TorchAlgorithm("adadelta", (
-        _step(), StateKey("square_avg", "accumulated_grad"),
-        StateKey("acc_delta", "accumulated_delta"))),
-    "Adamax": TorchAlgorithm("adamax_torch", (
-        _step(), _M, StateKey("exp_inf", "u_eps"))),
-    "NAdam": TorchAlgorithm("nadam_torch", (
-        _step(), StateKey("mu_product", "mu_product", "scalar", "one:capturable"), _M, _V)),
-    "RAdam": TorchAlgorithm("radam", (_step(), _M, _V)),
-    "ASGD": TorchAlgorithm("asgd", (
-        _step("param"), StateKey("eta", "eta", "scalar", "lr:param"),
-        StateKey("mu", "mu", "scalar", "one:param"), StateKey("ax", "ax"))),
-    "Rprop": TorchAlgorithm("rprop", (
-        _step(), StateKey("prev", "prev"), StateKey("step_size", "step_size", init="lr"))),
-    "RMSprop": TorchAlgorithm("rmsprop_torch", (
-        _step(), StateKey("square_avg", "velocity"),
-        StateKey("momentum_buffer", "momentum_buffer",
-                 when=lambda g, p: g.get("momentum", 0) > 0),
-        StateKey("grad_avg", "average_gradient", when=lambda g, p: g.get("centered", False)))),
-    "Adafactor": TorchAlgorithm("adafactor_torch", (
-        _step("cpu"),
-        StateKey("row_var", "row_var", "rows", when=lambda g, p: p.dim() > 1),
-        StateKey("col_var", "col_var", "cols", when=lambda g, p: p.dim() > 1),
-        StateKey("variance", "variance", when=lambda g, p: p.dim() <= 1))),
-    "SparseAdam": TorchAlgorithm("sparse_adam", (
-        StateKey("step", "step", "scalar", "zero_int", python=int), _M, _V)),
-    "Muon": TorchAlgorithm("muon_torch", (StateKey("momentum_buffer", "momentum_buffer"),)),
-}
-
-LBFGS_REASON = (
-    "torch.optim.LBFGS keeps one state for all its parameters together (the curvature history "
-    "old_dirs/old_stps/ro and the direction d are vectors over every parameter flattened in "
-    "parameter order, plus Python counters), not a state per parameter: nothing in it belongs "
-    "to one weight's role, so it cannot be keyed by weight. Save it with torch.save and "
-    "reload it only into the same model built the same way, or restart LBFGS (its history is "
-    "short: history_size steps).")
 
 
 def _builtin(cls):
@@ -669,151 +584,6 @@ class _OptimizerView:
         return cls(type(opt), dict(opt.defaults), opt.param_groups, opt.state)
 
 
-# ---- interim conductor: replaced by optstate_format._api when it lands ---------------------
-# (the core's one conductor; these functions follow the flow of GUIDE.md exactly and use only
-# the adapter protocol, so switching is deleting them.)
-def _hints(md: ModelDescription):
-    ids = weight_identities(md.graph)
-    out = {}
-    for w in md.weights:
-        out[id(w)] = {"structural": None if w.generated_name else ids.get(w.graph_id),
-                      "name": w.path if w.named and not w.generated_name else None,
-                      "layer_class": w.layer_class, "weight_name": w.local_name}
-    return out
-
-
-def _slot_index(md, od):
-    by_handle = {id(w.variable.handle): w for w in md.weights}
-    slots = {}
-    for ws in od.slots:
-        if id(ws.weight) not in by_handle:
-            raise UnsupportedError("the optimizer holds a parameter that is not part of the "
-                                   "model; pass the model it was built for.")
-        slots[id(ws.weight)] = ws
-    return slots
-
-
-def extract_state(model, *, optimizer=None, include_weights=False, materialize=False,
-                  metadata=None, adapter=ADAPTER):
-    """The optimizer's state as an :class:`OptimizerState` (lazy arrays unless materialize)."""
-    md = adapter.describe_model(model)
-    od = adapter.describe_optimizer(model, optimizer, create=False)
-    hints, slots = _hints(md), _slot_index(md, od)
-
-    def tensor(var):
-        if materialize:
-            return np.array(adapter.read(var.handle))
-        return LazyTensor(var.shape, var.dtype, lambda h=var.handle: adapter.read(h))
-
-    entries = []
-    for w in md.weights:
-        ws = slots.get(id(w.variable.handle))
-        if ws is None and not include_weights:
-            continue
-        entries.append(WeightEntry(
-            path=w.path, shape=w.variable.shape, dtype=w.variable.dtype, trainable=w.trainable,
-            slots={n: tensor(v) for n, v in (ws.slots if ws else {}).items()},
-            hints=hints[id(w)], value=tensor(w.variable) if include_weights else None,
-            component=ws.component if ws else 0))
-    return OptimizerState(optimizer=od.info, step=od.step, weights=entries,
-                          globals={k: tensor(v) for k, v in od.globals.items()},
-                          producer=dict(md.producer), metadata=dict(metadata or {}))
-
-
-def _target(model, optimizer, adapter):
-    md = adapter.describe_model(model)
-    od = adapter.describe_optimizer(model, optimizer, create=True)
-    hints, slots = _hints(md), _slot_index(md, od)
-    weights = []
-    for w in md.weights:
-        ws = slots.get(id(w.variable.handle))
-        weights.append(TargetWeight(
-            w.path, w.variable.shape, w.variable.dtype, w.trainable, hints[id(w)],
-            {n: SlotTarget(v.shape, v.dtype, v.handle) for n, v in (ws.slots if ws else {}).items()},
-            w.variable.handle, ws.component if ws else 0))
-    info = od.info
-    return TargetState(info.algorithm, info.class_name, weights,
-                       {k: SlotTarget(v.shape, v.dtype, v.handle) for k, v in od.globals.items()},
-                       info.hyperparameters, info.learning_rate, info.components, info.module)
-
-
-def _not_stepped_yet(state, target, mapping, adapter):
-    """Pairs whose file entry holds no slots (the source optimizer had not created this
-    weight's state yet) and whose target state does not exist either: nothing to move, and
-    leaving it absent is exactly what the source had. (Proposed as a core rule.)"""
-    pairs, _ = match(state.weights, target.weights, mapping)
-    fmap = {w.path: w for w in state.weights}
-    tmap = {w.path: w for w in target.weights}
-    for fp, (tp, _) in pairs.items():
-        tw = tmap[tp]
-        if not fmap[fp].slots and tw.slots and all(
-                adapter.snapshot(s.handle) is ABSENT for s in tw.slots.values()):
-            tw.slots = {}
-
-
-def _assign_all(assignments, rollback, adapter):
-    journal = []
-    try:
-        for handle, arr in assignments:
-            snap = adapter.snapshot(handle) if rollback else None
-            adapter.assign(handle, arr)
-            journal.append((handle, snap))
-    except BaseException as e:
-        if not rollback:
-            raise OptStateError(f"assigning a variable failed ({type(e).__name__}: {e}) after "
-                                f"{len(journal)} of {len(assignments)} assignments; "
-                                "rollback=False, so the optimizer is partly updated.",
-                                code="E_ASSIGN") from e
-        for handle, snap in reversed(journal):
-            adapter.restore(handle, snap)
-        if isinstance(e, OptStateError) or not isinstance(e, Exception):
-            raise
-        raise OptStateError(f"assigning a variable failed ({type(e).__name__}: {e}); every "
-                            "variable already assigned was restored.", code="E_ASSIGN") from e
-
-
-def apply_state(model, state, *, optimizer=None, strict=True, mapping=None,
-                include_weights=False, rollback=True, adapter=ADAPTER):
-    """Import an :class:`OptimizerState` into ``model``'s ``optimizer`` by identity."""
-    target = _target(model, optimizer, adapter)
-    _not_stepped_yet(state, target, mapping, adapter)
-    report, assignments = plan_import(state, target, mapping=mapping, strict=strict,
-                                      include_weights=include_weights)
-    _assign_all(assignments, rollback, adapter)
-    return report
-
-
-def export_state(model, path, *, optimizer=None, include_weights=False, metadata=None,
-                 fsync=True):
-    """Write ``optimizer``'s state for ``model`` to ``path`` (see optstate_format.export_state).
-
-    >>> # export_state(model, "run.optstate", optimizer=opt)
-    """
-    state = extract_state(model, optimizer=optimizer, include_weights=include_weights,
-                          metadata=metadata)
-    return write(state, path, fsync=fsync)
-
-
-def import_state(model, path, *, optimizer=None, strict=True, mapping=None,
-                 include_weights=False, rollback=True):
-    """Import ``path`` into ``optimizer`` (see optstate_format.import_state).
-
-    >>> # report = import_state(model, "run.optstate", optimizer=opt)
-    """
-    state = read(path, verify=True)
-    return apply_state(model, state, optimizer=optimizer, strict=strict, mapping=mapping,
-                       include_weights=include_weights, rollback=rollback)
-
-
-def transfer_state(src_model, dst_model, *, src_optimizer=None, dst_optimizer=None,
-                   strict=True, mapping=None, include_weights=False):
-    """Move state between two live models (no file), matching by identity."""
-    state = extract_state(src_model, optimizer=src_optimizer, include_weights=include_weights,
-                          materialize=True)
-    return apply_state(dst_model, state, optimizer=dst_optimizer, strict=strict,
-                       mapping=mapping, include_weights=include_weights)
-
-
 # ---- LR scheduler ------------------------------------------------------------------------------
 def restore_scheduler(scheduler, source):
     """Load the LR scheduler state recorded in ``source`` (a path or OptimizerState) into
@@ -969,12 +739,8 @@ def _unflatten_dcp(flat, fqns, optimizer):
 
 
 def _write_view(model, view, scheduler, path, metadata, include_weights, fsync):
-    class _Fixed(TorchAdapter):
-        def describe_optimizer(self, model, optimizer, *, create):
-            return self._describe_view(view, scheduler, create)
-
-    state = extract_state(model, optimizer=view, include_weights=include_weights,
-                          metadata=metadata, materialize=path is None, adapter=_Fixed())
+    state = _api.source_state(model, optimizer=(view, scheduler), metadata=metadata,
+                              include_weights=include_weights, materialize=path is None)
     if path is not None:
         write(state, path, fsync=fsync)
         state = read(path, verify=True)

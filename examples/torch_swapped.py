@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from optstate_format.converters import torch as osf_torch
+import optstate_format as osf
 
 
 class Twin(nn.Module):
@@ -57,11 +57,11 @@ def main():
     # by role
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "run.optstate"
-        osf_torch.export_state(model, path, optimizer=opt)
+        osf.export_state(model, path, optimizer=opt)
         ours = Twin(swapped=True)
         ours.load_state_dict(model.state_dict())
         o_opt = torch.optim.Adam(ours.parameters(), lr=0.01)
-        report = osf_torch.import_state(ours, path, optimizer=o_opt)
+        report = osf.import_state(ours, path, optimizer=o_opt)
     print("optstate import_state:")
     print("  " + str(report).replace("\n", "\n  "))
     for name in ("first", "second"):

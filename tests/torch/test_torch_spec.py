@@ -35,6 +35,12 @@ def test_the_state_key_table_is_the_converters():
                             "cols": "factored_cols"}[k.layout], (cls, k.slot)
 
 
+def test_the_naming_table_names_only_registry_algorithms_and_slots():
+    from optstate_format.converters import _torch_tables
+    assert _torch_tables.TORCH.problems() == []
+    assert len(_torch_tables.TORCH.classes) == len(conv.TORCH_OPTIMIZERS)
+
+
 def test_the_relations_table_is_the_registrys():
     section = APPENDIX[APPENDIX.index("### P.4"):APPENDIX.index("### P.5")]
     rows = re.findall(r"^\| `(\w+)` \| `(\w+)` \|", section, re.M)

@@ -15,22 +15,10 @@ from optstate_format.converters import torch as conv
 torch.set_num_threads(1)
 
 
-# ---- the API under test ----------------------------------------------------------------------
-def _api():
-    """The top-level functions once they dispatch torch modules, else the converter's own."""
-    try:
-        import optstate_format._api  # noqa: F401
-        return osf
-    except ImportError:
-        return conv
-
-
-def export_state(model, path, **kw):
-    return _api().export_state(model, path, **kw)
-
-
-def import_state(model, path, **kw):
-    return _api().import_state(model, path, **kw)
+# ---- the API under test: the top-level functions, conducted by the core ----------------------
+export_state = osf.export_state
+import_state = osf.import_state
+transfer_state = osf.transfer_state
 
 
 # ---- models ----------------------------------------------------------------------------------
@@ -179,4 +167,4 @@ def np_params(model):
 
 __all__ = ["Twin", "Net", "SparseNet", "chain", "batch", "train", "same_params", "by_name",
            "state_by_name", "bitwise_equal", "snapshot", "named_sequential", "np_params",
-           "export_state", "import_state", "np"]
+           "export_state", "import_state", "transfer_state", "np"]
