@@ -126,7 +126,7 @@ class _StateSlot:
             self.shape, self.dtype = (), "int64" if isinstance(value, int) else "float64"
         else:
             self.shape = _canonical_shape(spec.layout, _torch_shape(spec.layout, param))
-            self.dtype = _created_dtype(spec, param)
+            self.dtype = _created_dtype(spec, group, param)
 
     @property
     def existed(self):
@@ -153,11 +153,18 @@ def _canonical_shape(layout, torch_shape):
     return s
 
 
-def _created_dtype(spec, p):
+def _scalar_dtype(spec, group):
+    """torch.optim's dtype for scalar state: float32, or float64 when that is the default
+    dtype; a fused optimizer's step is always float32."""
+    fused = bool(group.get("fused")) and spec.init.startswith("step:")
+    return _get_scalar_dtype(is_fused=fused or None)
+
+
+def _created_dtype(spec, group, p):
     if spec.python is int:
         return "int64"
     if spec.init.startswith(("step:", "one:", "lr:")):
-        return dtype_name(_get_scalar_dtype())
+        return dtype_name(_scalar_dtype(spec, group))
     return dtype_name(p.dtype)
 
 
@@ -170,7 +177,7 @@ def _create(spec, group, p):
         fused = bool(group.get("fused"))
         device = p.device if where == "param" or (
             where == "capturable" and (group.get("capturable") or fused)) else "cpu"
-        dtype = _get_scalar_dtype(is_fused=fused if kind == "step" else None)
+        dtype = _scalar_dtype(spec, group)
         value = {"step": 0.0, "one": 1.0}.get(kind)
         if kind == "lr":
             value = float(group["lr"])

@@ -25,6 +25,8 @@ OPTIMIZERS = {
     "adam": lambda ps: O.Adam(ps, lr=0.01),
     "adam_amsgrad": lambda ps: O.Adam(ps, lr=0.01, amsgrad=True, weight_decay=1e-2),
     "adamw_amsgrad": lambda ps: O.AdamW(ps, lr=0.01, amsgrad=True),
+    "adam_fused": lambda ps: O.Adam(ps, lr=0.01, fused=True),
+    "sgd_foreach": lambda ps: O.SGD(ps, lr=0.05, momentum=0.9, foreach=True),
     "rmsprop": lambda ps: O.RMSprop(ps, lr=0.01),
     "rmsprop_centered_momentum": lambda ps: O.RMSprop(ps, lr=0.01, momentum=0.5,
                                                       centered=True),
