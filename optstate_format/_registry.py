@@ -232,3 +232,154 @@ class FrameworkNames:
             out += [f"{self.framework}: {alg} has no global {c!r}"
                     for c in self.global_names(alg).values() if c not in gknown]
         return out
+
+
+# ---- PyTorch (torch.optim) -------------------------------------------------------------------
+# New algorithms only: torch.optim's Adam, AdamW, Adagrad and Adadelta keep exactly the state of
+# `adam`, `adamw`, `adagrad` and `adadelta` above (RELATIONS records where only the update rule
+# differs). torch's own state-key names live in converters/torch.py, not here.
+
+# A step counter kept per weight (torch.optim counts each parameter's updates separately: a
+# parameter without a gradient in a step is not updated and its count stays behind).
+COMMON_SLOTS = COMMON_SLOTS + (Slot(
+    name="step", rule="scalar",
+    meaning="t: number of updates applied to this weight (frameworks that count per weight)",
+    optional="the framework counts steps per weight"),)
+
+_TORCH_ALGORITHMS = [
+    Algorithm(id="sgd_torch",
+        title="SGD whose momentum buffer excludes the learning rate (torch.optim.SGD)",
+        slots=(Slot(name="momentum_buffer", rule="like",
+                   meaning="b_1 = g_1, b_t = momentum * b_{t-1} + (1 - dampening) * g_t; the "
+                           "step is lr * b_t, or lr * (g_t + momentum * b_t) with Nesterov",
+                   optional="momentum > 0"),),
+        notes="sgd's momentum is m_t = momentum * m_{t-1} - lr * g_t, which holds the learning "
+              "rate: another quantity (see RELATIONS)."),
+    Algorithm(id="rmsprop_torch",
+        title="RMSprop with epsilon outside the root and a learning-rate-free momentum buffer "
+              "(torch.optim.RMSprop)",
+        slots=(
+            Slot(name="velocity", rule="like",
+                meaning="r_t = alpha * r_{t-1} + (1 - alpha) * g_t^2"),
+            Slot(name="momentum_buffer", rule="like",
+                meaning="b_t = momentum * b_{t-1} + g_t / (sqrt(r_t - a_t^2) + eps) (a_t = 0 "
+                        "unless centered); the step is lr * b_t",
+                optional="momentum > 0"),
+            Slot(name="average_gradient", rule="like",
+                meaning="a_t = alpha * a_{t-1} + (1 - alpha) * g_t", optional="centered"),
+        ),
+        notes="rmsprop divides by sqrt(r - a^2 + epsilon) and its momentum holds the learning "
+              "rate; velocity and average_gradient mean the same in both (see RELATIONS)."),
+    Algorithm(id="adamax_torch", title="Adamax with epsilon inside the maximum "
+                                            "(torch.optim.Adamax)",
+        slots=(
+            Slot(name="m", rule="like", meaning=_M),
+            Slot(name="u_eps", rule="like",
+                meaning="u_t = max(beta_2 * u_{t-1}, |g_t| + eps); the step divides by u_t"),
+        ),
+        notes="adamax's u_t = max(beta_2 * u_{t-1}, |g_t|) excludes epsilon (added in the "
+              "denominator): u_eps is another quantity."),
+    Algorithm(id="nadam_torch",
+        title="NAdam with a momentum_decay schedule, its product kept per weight "
+              "(torch.optim.NAdam)",
+        slots=(
+            Slot(name="m", rule="like", meaning=_M),
+            Slot(name="v", rule="like", meaning=_V),
+            Slot(name="mu_product", rule="scalar",
+                meaning="prod_{i<=t} beta_1 * (1 - 0.5 * 0.96^(momentum_decay * i)), over "
+                        "this weight's own steps"),
+        ),
+        notes="momentum_decay (default 0.004) sets the momentum schedule: with 0.004 it is "
+              "nadam_legacy's (schedule_decay), with 1.0 nadam's (0.96^t); see RELATIONS."),
+    Algorithm(id="radam", title="RAdam (rectified Adam)",
+        slots=(Slot(name="m", rule="like", meaning=_M),
+               Slot(name="v", rule="like", meaning=_V))),
+    Algorithm(id="asgd", title="Averaged SGD",
+        slots=(
+            Slot(name="eta", rule="scalar",
+                meaning="eta_t = lr / (1 + lambd * lr * t)^alpha: the weight's step size"),
+            Slot(name="mu", rule="scalar",
+                meaning="mu_t = 1 / max(1, t - t0): the averaging coefficient"),
+            Slot(name="ax", rule="like",
+                meaning="ax_t = ax_{t-1} + mu_t * (w_t - ax_{t-1}): the averaged weight"),
+        )),
+    Algorithm(id="rprop", title="Rprop (resilient backpropagation)",
+        slots=(
+            Slot(name="prev", rule="like",
+                meaning="the previous step's gradient, 0 where its sign flipped"),
+            Slot(name="step_size", rule="like",
+                meaning="per-element step size: times etaplus where the gradient kept its sign, "
+                        "etaminus where it flipped, clamped to step_sizes (initially lr)"),
+        )),
+    Algorithm(id="adafactor_torch",
+        title="Adafactor without relative step or update clipping state (torch.optim."
+              "Adafactor)",
+        slots=(
+            Slot(name="row_var", rule="factored_rows",
+                meaning="R_t = R_{t-1} + t^beta2_decay * (mean over the last axis of g_t^2 - "
+                        "R_{t-1})", optional="rank >= 2"),
+            Slot(name="col_var", rule="factored_cols",
+                meaning="C_t = C_{t-1} + t^beta2_decay * (mean over the second-to-last axis "
+                        "of g_t^2 - C_{t-1})", optional="rank >= 2"),
+            Slot(name="variance", rule="like",
+                meaning="V_t = V_{t-1} + t^beta2_decay * (g_t^2 - V_{t-1})",
+                optional="rank < 2"),
+        ),
+        notes="adafactor adds epsilon_1 to g^2 before averaging and keeps r, c and v for every "
+              "weight: its state is another quantity."),
+    Algorithm(id="sparse_adam", title="Lazy Adam for sparse gradients (torch.optim."
+                                           "SparseAdam)",
+        slots=(
+            Slot(name="m", rule="like",
+                meaning="m_t = beta_1 * m_{t-1} + (1 - beta_1) * g_t where g_t has entries; "
+                        "unchanged elsewhere"),
+            Slot(name="v", rule="like",
+                meaning="v_t = beta_2 * v_{t-1} + (1 - beta_2) * g_t^2 where g_t has entries; "
+                        "unchanged elsewhere"),
+        )),
+    Algorithm(id="muon_torch", title="Muon for 2-D weights (torch.optim.Muon)",
+        slots=(Slot(name="momentum_buffer", rule="like",
+                   meaning="B_t = momentum * B_{t-1} + (1 - momentum) * g_t"),),
+        notes="muon's m also covers the weights it hands to Adam; not claimed equal."),
+]
+ALGORITHMS.update({a.id: a for a in _TORCH_ALGORITHMS})
+
+# torch.optim.Adagrad's lr_decay (lr / (1 + (t - 1) * lr_decay)) changes the update rule.
+UPDATE_RULE_HYPERPARAMETERS.setdefault("lr_decay", 0.0)
+
+# How the state of one algorithm relates to another's: data for a converter that moves state
+# between them. An import never applies these (different ids are refused, spec 7.5); `exact`
+# says when the formula holds bit for bit or only up to rounding ("never" when it is an
+# approximation at best). Same-id rows record update-rule differences behind equal state.
+RELATIONS = (
+    {"from": "sgd_torch", "to": "sgd", "slots": {"momentum": "-lr * momentum_buffer"},
+     "exact": "dampening = 0 and the learning rate constant since the first step"},
+    {"from": "rmsprop_torch", "to": "rmsprop",
+     "slots": {"velocity": "velocity", "average_gradient": "average_gradient",
+               "momentum": "lr * momentum_buffer"},
+     "exact": "velocity and average_gradient always; momentum never (epsilon is outside the "
+              "root in rmsprop_torch, inside in rmsprop)"},
+    {"from": "adamax_torch", "to": "adamax", "slots": {"m": "m", "u": "u_eps"},
+     "exact": "m always; u never (eps is inside u_eps's maximum, outside u's)"},
+    {"from": "nadam_torch", "to": "nadam_legacy",
+     "slots": {"m": "m", "v": "v"}, "globals": {"u_product": "mu_product (every weight's)"},
+     "exact": "momentum_decay = schedule_decay and every weight's mu_product equal"},
+    {"from": "nadam_torch", "to": "nadam",
+     "slots": {"m": "m", "v": "v"}, "globals": {"u_product": "mu_product (every weight's)"},
+     "exact": "momentum_decay = 1 (nadam's 0.96^t) and every weight's mu_product equal"},
+    {"from": "adam", "to": "adam", "slots": {"m": "m", "v": "v", "v_hat": "v_hat"},
+     "exact": "state always; torch.optim.Adam divides by sqrt(v_hat_t) + eps with the bias "
+              "correction inside (Kingma and Ba's Algorithm 1), Keras by sqrt(v_t) + eps with "
+              "it outside (epsilon hat): later steps differ by a term of order eps; torch's "
+              "weight_decay is an L2 term in the gradient, Keras's is decoupled"},
+    {"from": "adamw", "to": "adamw", "slots": {"m": "m", "v": "v", "v_hat": "v_hat"},
+     "exact": "state always; epsilon placement as for adam"},
+    {"from": "adagrad", "to": "adagrad", "slots": {"accumulator": "accumulator"},
+     "exact": "state always; torch.optim.Adagrad divides by sqrt(a) + eps (Keras 3: sqrt(a + "
+              "epsilon)), starts at initial_accumulator_value = 0 (Keras 3: 0.1, part of the "
+              "state) and has lr_decay (an update-rule hyperparameter)"},
+    {"from": "adadelta", "to": "adadelta",
+     "slots": {"accumulated_grad": "accumulated_grad",
+               "accumulated_delta": "accumulated_delta"},
+     "exact": "state and update rule (epsilon inside both roots in both)"},
+)
