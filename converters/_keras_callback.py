@@ -174,6 +174,7 @@ class _CheckpointLogic:
 
     # ---- saving ------------------------------------------------------------------------
     def _save(self, epoch, batch):
+        start = time.perf_counter()
         self._join_writer()  # at most one write in flight; raises the last one's error
         model = self.model
         opt = model.optimizer
@@ -183,7 +184,6 @@ class _CheckpointLogic:
                 META_WRITER: f"OptStateCheckpoint ({self._generation})"}
         os.makedirs(self.directory, exist_ok=True)
         path = os.path.join(self.directory, archive_name(epoch, step))
-        start = time.perf_counter()
         if not self.async_write:
             osf.export_state(model, path, include_weights=self.include_weights, metadata=meta)
             self._prune()
@@ -277,8 +277,9 @@ async_write=False, verbose=0)``
   so a model is never half-restored. A model that cannot take the archive raises ``MatchError``
   and is left unchanged. An archive written every ``save_freq`` batches restarts the epoch it
   was written in (``fit`` cannot start mid-epoch), unless it was written at the epoch's end.
-- ``async_write=True``: the training thread only copies the variables (``blocked_seconds``
-  records how long each save held it), a background thread writes; one write at a time. An
+- ``async_write=True``: the training thread only copies the variables, a background thread
+  writes; one write at a time (a save waits for the previous write to finish).
+  ``blocked_seconds`` records how long each save held the training thread. An
   error of a background write is raised at the next save or at the end of training.
 
 >>> # cb = OptStateCheckpoint("ckpts", keep=3)
