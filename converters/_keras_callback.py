@@ -52,20 +52,28 @@ def list_archives(directory) -> list:
     return [p for _, p in sorted(found, reverse=True)]
 
 
-def snapshot_state(model, *, include_weights=True, metadata=None):
-    """An ``OptimizerState`` holding numpy copies of every variable ``export_state`` would write.
+def live_state(model, *, include_weights=True, metadata=None, materialize=False):
+    """The ``OptimizerState`` that ``export_state(model, ...)`` would write.
 
-    What the training thread pays under ``async_write=True``: after this returns, training may
-    change every variable and ``osf.write(state, path)`` still writes the values of now.
+    ``materialize=False``: tensors are fetched from the variables when the writer reaches them
+    (``osf.write(live_state(model), path)`` is ``export_state``). ``materialize=True``: numpy
+    copies of every variable, taken now: training may change the variables afterwards and
+    the state still holds the values of now (what ``async_write`` pays on the training thread).
 
-    Core hook: ``optstate_format`` has no public "state of a live model" yet (``transfer_state``
-    builds one internally and does not return it), so this asks the model's converter for its
-    materialized state. It belongs in the core conductor as a public
+    Core hook: ``optstate_format`` has no public "state of a live model" (``transfer_state``
+    builds one internally and does not return it), so this asks the model's converter. It
+    belongs in the core conductor as a public
     ``extract_state(model, *, include_weights, metadata, materialize)``.
     """
     conv = osf._converter_for(model)
-    return conv.extract_state(model, include_weights=include_weights, materialize=True,
+    return conv.extract_state(model, include_weights=include_weights, materialize=materialize,
                               metadata=metadata)
+
+
+def snapshot_state(model, *, include_weights=True, metadata=None):
+    """``live_state(..., materialize=True)``: numpy copies of every variable, taken now."""
+    return live_state(model, include_weights=include_weights, metadata=metadata,
+                      materialize=True)
 
 
 def _positive_int(value, what):
