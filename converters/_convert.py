@@ -145,12 +145,17 @@ def _check_safe(config, custom_objects, src, frameworks):
 
 
 # ---- exactness: the loaded optimizer is the file's ------------------------------------------
-def _h5_optimizer_arrays(group):
+def _h5_optimizer_arrays(group, src):
     """The optimizer's arrays in a Keras 3 weights file, by position (``optimizer/vars/N``)."""
     if group is None or "optimizer" not in group or "vars" not in group["optimizer"]:
         return None
     vars_ = group["optimizer"]["vars"]
-    return [vars_[str(i)] for i in range(len(vars_))]
+    names = set(vars_.keys())
+    if names != {str(i) for i in range(len(names))}:
+        raise _optimizer_error(f"the optimizer arrays in {os.fspath(src)} are not numbered "
+                               f"0..{len(names) - 1} ({sorted(names)[:8]}...): the file is "
+                               "damaged; nothing exact to convert.", src)
+    return [vars_[str(i)] for i in range(len(names))]
 
 
 def _opt_variables(opt):
@@ -201,7 +206,7 @@ def _load_keras(src, custom_objects):
         if getattr(model, "optimizer", None) is None:
             raise _optimizer_error(f"{os.fspath(src)} holds no optimizer.", src)
         with z.open("model.weights.h5") as raw, h5py.File(raw, "r") as f:
-            _same_arrays(_opt_variables(model.optimizer), _h5_optimizer_arrays(f),
+            _same_arrays(_opt_variables(model.optimizer), _h5_optimizer_arrays(f, src),
                          "optimizer", src)
     return model
 
@@ -306,7 +311,7 @@ def _load_weights_h5(src, model):
                            "model that wrote it (compiled with its optimizer) as model=.", src)
     opt = _build_optimizer(model)
     with h5py.File(src, "r") as f:
-        stored = _h5_optimizer_arrays(f)
+        stored = _h5_optimizer_arrays(f, src)
         if stored is None:
             raise _optimizer_error(f"{os.fspath(src)} holds no optimizer state (tf_keras's "
                                    "weights files never do): nothing exact to convert.", src)
