@@ -60,14 +60,12 @@ def live_state(model, *, include_weights=True, metadata=None, materialize=False)
     copies of every variable, taken now: training may change the variables afterwards and
     the state still holds the values of now (what ``async_write`` pays on the training thread).
 
-    Core hook: ``optstate_format`` has no public "state of a live model" (``transfer_state``
-    builds one internally and does not return it), so this asks the model's converter. It
-    belongs in the core conductor as a public
-    ``extract_state(model, *, include_weights, metadata, materialize)``.
+    Built by the core's conductor (``optstate_format._api.source_state``, what
+    ``export_state`` itself writes from), which is not public yet.
     """
-    conv = osf._converter_for(model)
-    return conv.extract_state(model, include_weights=include_weights, materialize=materialize,
-                              metadata=metadata)
+    from optstate_format import _api
+    return _api.source_state(model, include_weights=include_weights, materialize=materialize,
+                             metadata=metadata)
 
 
 def snapshot_state(model, *, include_weights=True, metadata=None):
