@@ -352,4 +352,4 @@ def optimizer_from_state(state, *, custom_objects=None):
         wcfg.pop("inner_optimizer", None)
         opt = _build("loss-scale wrapper", lso, lambda: lso(opt, **wcfg))
     return opt
-
+from ._keras_callback import Keras3OptStateCheckpoint as OptStateCheckpoint  # noqa: E402,F401

@@ -252,3 +252,4 @@ def import_state(model, path, **kw):
     """``optstate_format.import_state`` for a tf_keras model."""
     from optstate_format import _api
     return _api.import_state(model, path, **kw)
+from ._keras_callback import TfKerasOptStateCheckpoint as OptStateCheckpoint  # noqa: E402,F401

@@ -1,4 +1,4 @@
-"""The ``optstate`` command: inspect, check, diff, demo.
+"""The ``optstate`` command: inspect, check, diff, convert, demo.
 
 Exit codes: 0 success (valid / identical), 1 invalid file or differences, 2 usage
 or an error that stopped the command.
@@ -6,12 +6,18 @@ or an error that stopped the command.
 
 from __future__ import annotations
 
-import argparse
-import json
-import math
-import sys
+import os
 
-import numpy as np
+# Before anything can import TensorFlow: no start-up log lines in the command's output.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import sys  # noqa: E402
+
+import numpy as np  # noqa: E402
 
 from ._check import check, dtype_of as _dtype_of, summarize as _summary
 from ._errors import OptStateError
@@ -157,9 +163,87 @@ def cmd_demo(args):
     return run(args.out)
 
 
+# ---- convert (issue 13) ------------------------------------------------------------------
+def _quiet_framework_import():
+    """Import TensorFlow and Keras with the native stderr held back.
+
+    TensorFlow's C++ start-up lines (absl's "All log messages before absl::InitializeLog()",
+    cudart_stub) are written to file descriptor 2 before TF_CPP_MIN_LOG_LEVEL applies; they
+    are kept in a temporary file and shown only if the import fails.
+    """
+    import tempfile
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            import tensorflow as tf
+            tf.get_logger().setLevel("ERROR")
+            import keras  # noqa: F401
+        except BaseException:
+            os.dup2(saved, 2)
+            held.seek(0)
+            sys.stderr.write(held.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+    try:
+        import absl.logging
+        absl.logging.set_verbosity(absl.logging.ERROR)
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def _custom_objects(specs):
+    """``module:Name`` options -> {Name: object}: code the user named, never the file."""
+    import importlib
+    out = {}
+    for spec in specs or ():
+        module, _, name = spec.partition(":")
+        if not module or not name:
+            raise SystemExit(f"optstate convert: --custom-object takes MODULE:NAME, got {spec!r}")
+        sys.path.insert(0, os.getcwd())
+        try:
+            out[name.rsplit(".", 1)[-1]] = getattr(importlib.import_module(module), name)
+        finally:
+            sys.path.pop(0)
+    return out
+
+
+def cmd_convert(args):
+    custom = _custom_objects(args.custom_object)
+    from .converters import _convert
+    if not os.path.isdir(args.src):
+        _convert.source_kind(args.src)  # a missing or foreign file is refused before TF loads
+    try:
+        _quiet_framework_import()
+    except ImportError as e:
+        print(f"optstate convert needs the keras or tf-keras extra: pip install "
+              f"'optstate-format[keras]' ({e})", file=sys.stderr)
+        return 2
+    out = _convert.convert(args.src, args.output, custom_objects=custom or None)
+    print(f"wrote {out}")
+    return 0
+
+
+def _add_convert(sub):
+    s = sub.add_parser("convert", help="convert a Keras checkpoint (.keras, .h5) into an "
+                       "optstate training-state archive (weights + optimizer)")
+    s.add_argument("src", help="a Keras 3 .keras file or a Keras .h5 model file")
+    s.add_argument("-o", "--output", required=True, help="the archive to write")
+    s.add_argument("--custom-object", action="append", metavar="MODULE:NAME",
+                   help="a class the file names that is not Keras's (repeatable); nothing "
+                   "named in the file itself is imported")
+    s.set_defaults(func=cmd_convert)
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="optstate", description="Inspect, check and compare "
                                 "optstate files (portable optimizer state).")
+    from . import FORMAT_VERSION, __version__
+    p.add_argument("--version", action="version",
+                   version=f"optstate {__version__} (format {FORMAT_VERSION})")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("inspect", help="print a readable summary of a file")
     s.add_argument("file")
@@ -174,6 +258,7 @@ def build_parser():
     s.add_argument("a")
     s.add_argument("b")
     s.set_defaults(func=cmd_diff)
+    _add_convert(sub)
     s = sub.add_parser("demo", help="the seed case end to end (needs the keras extra)")
     s.add_argument("--out", default="demo-out", help="folder for the demo's files")
     s.set_defaults(func=cmd_demo)
