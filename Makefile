@@ -8,7 +8,7 @@ OLD_VENV  := .venv-oldest
 OLD_STAMP := $(OLD_VENV)/.installed-stamp
 OLDEST    := 'tensorflow==2.20.*' 'keras==3.12.*' 'tf-keras==2.20.*'
 
-.PHONY: setup demo test test-core test-oldest bench conformance clean
+.PHONY: setup demo demo-torch test test-core test-oldest bench conformance clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,9 @@ setup: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/optstate demo --out demo-out
+
+demo-torch: $(STAMP)
+	$(BIN)/python examples/torch_swapped.py
 
 test: $(STAMP)
 	$(BIN)/python spec/generate.py --check

@@ -31,3 +31,10 @@ ADAPTERS = {
     "keras": _keras3,
     "torch": _torch,
 }
+
+
+def convert(src, dst, *, model=None, custom_objects=None):
+    """Turn a checkpoint Keras wrote (``.keras``, ``.h5``, ``.weights.h5``, a
+    ``tf.train.Checkpoint``) into an optstate archive: see ``_convert.convert``."""
+    from ._convert import convert as run
+    return run(src, dst, model=model, custom_objects=custom_objects)

@@ -230,17 +230,28 @@ class _CheckpointLogic:
                 pass
 
     # ---- continuing from the saved epoch (per generation) ------------------------------
+    def _private(self):
+        """The private-name table of this generation's converter (a renamed hook fails
+        loudly, naming the framework version, instead of resuming at epoch 0)."""
+        if self._generation == "tf_keras":
+            from .tf_keras import PRIVATE
+        else:
+            from .keras3 import PRIVATE
+        return PRIVATE
+
     def _set_initial_epoch(self, model, epoch):
+        private = self._private()
         if self._generation == "tf_keras":
             # tf_keras's fit asks model._training_state for the first epoch right after
             # on_train_begin (the hook its BackupAndRestore uses); an object of ours answers.
-            current = getattr(model, "_training_state", None)
+            current = private.get(model, "_training_state")
             if current is not None and not isinstance(current, _ResumeCounters):
                 raise UnsupportedError("another callback (BackupAndRestore?) already decides "
                                        "where this fit continues; use one of the two.")
             model._training_state = _ResumeCounters(epoch)
         else:
             # Keras 3's fit starts at model._initial_epoch when set (read after on_train_begin).
+            private.get(model, "_initial_epoch")
             model._initial_epoch = epoch
         self._we_set_initial = True
 

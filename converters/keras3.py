@@ -40,6 +40,7 @@ PRIVATE = PrivateAPI("keras", keras.__version__, SUPPORTED, attrs={
     "_variables": "every variable an optimizer owns",
     "_iterations": "an optimizer's step counter",
     "_learning_rate": "an optimizer's learning rate (variable or schedule)",
+    "_initial_epoch": "the epoch fit() starts at when set (BackupAndRestore's hook)",
 }, modules={
     "keras.src.models.functional:Functional": "the functional model class",
     "keras.src.optimizers.multi_optimizer:MultiOptimizer": "the multi-optimizer class",

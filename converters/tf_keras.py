@@ -45,6 +45,7 @@ PRIVATE = PrivateAPI("tf_keras", tf_keras.__version__, SUPPORTED, attrs={
     "_current_loss_scale": "the dynamic loss scale variable",
     "_counter": "the dynamic loss scale's step counter",
     "_u_product_counter": "the new Nadam's Python step counter",
+    "_training_state": "what fit() asks for the epoch to start at (BackupAndRestore's hook)",
 }, modules={
     "tf_keras.src.engine.functional:Functional": "the functional model class",
     "tf_keras.src.mixed_precision.loss_scale_optimizer:LossScaleOptimizer": "loss scaling",

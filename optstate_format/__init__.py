@@ -7,8 +7,8 @@ paths, with a msgpack header (spec/SPEC.md). The core here is framework-free;
 imported only when a model of that framework is seen.
 
 >>> import optstate_format as osf
->>> sorted(osf.ALGORITHMS)[:3]
-['adadelta', 'adafactor', 'adagrad']
+>>> osf.ALGORITHMS["adam"].slots[0].name
+'m'
 """
 
 from . import _api

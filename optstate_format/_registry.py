@@ -79,7 +79,10 @@ ALGORITHMS = {a.id: a for a in [
         Slot("m", "like", _M),
         Slot("v", "like", _V),
         Slot("v_hat", "like", "vhat_t = max(vhat_{t-1}, v_t)", optional="amsgrad"),
-    )),
+    ),
+        notes="torch.optim.Adam adds epsilon to the bias-corrected root, Keras to the raw root "
+              "(epsilon hat): m, v and v_hat move exactly, later steps differ by a term of "
+              "order epsilon."),
     Algorithm("adamw", "Adam with decoupled weight decay", slots=(
         Slot("m", "like", _M),
         Slot("v", "like", _V),
@@ -92,9 +95,10 @@ ALGORITHMS = {a.id: a for a in [
     Algorithm("adagrad", "Adagrad", slots=(
         Slot("accumulator", "like", "a_t = a_{t-1} + g_t^2 (a_0 = initial_accumulator_value)"),
     ),
-        notes="tf_keras's legacy Adagrad divides by sqrt(a) + epsilon, Keras 3 and tf_keras's "
-              "new Adagrad by sqrt(a + epsilon): the accumulator moves exactly, later steps "
-              "differ by a term of order epsilon."),
+        notes="tf_keras's legacy Adagrad and torch.optim.Adagrad divide by sqrt(a) + epsilon, "
+              "Keras 3 and tf_keras's new Adagrad by sqrt(a + epsilon): the accumulator moves "
+              "exactly, later steps differ by a term of order epsilon. torch starts the "
+              "accumulator at 0 (Keras at 0.1) and has lr_decay."),
     Algorithm("adamax", "Adamax", slots=(
         Slot("m", "like", _M),
         Slot("u", "like", "u_t = max(beta_2 * u_{t-1}, |g_t|)"),

@@ -237,8 +237,9 @@ def newer_minor(base: bytes) -> bytes:
 
 def framework_tables():
     """Every converter's naming table (informative columns of optimizers.md)."""
-    from optstate_format.converters import _keras_tables
-    return [_keras_tables.KERAS3, _keras_tables.TF_KERAS, _keras_tables.TF_KERAS_LEGACY]
+    from optstate_format.converters import _keras_tables, _torch_tables
+    return [_keras_tables.KERAS3, _keras_tables.TF_KERAS, _keras_tables.TF_KERAS_LEGACY,
+            _torch_tables.TORCH]
 
 
 def registry_markdown() -> str:

@@ -57,8 +57,9 @@ def test_worked_example_hashes_are_what_the_code_computes():
 
 
 def test_every_converter_naming_table_names_only_registry_algorithms_and_slots():
-    from optstate_format.converters import _keras_tables
-    for table in (_keras_tables.KERAS3, _keras_tables.TF_KERAS, _keras_tables.TF_KERAS_LEGACY):
+    from optstate_format.converters import _keras_tables, _torch_tables
+    for table in (_keras_tables.KERAS3, _keras_tables.TF_KERAS, _keras_tables.TF_KERAS_LEGACY,
+                  _torch_tables.TORCH):
         assert table.problems() == []
         assert table.classes  # a table that names nothing would pass vacuously
 
