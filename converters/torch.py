@@ -307,7 +307,7 @@ class TorchAdapter(BaseAdapter):
                 continue
             if present or (create and sk in expected):
                 h = _StateSlot(view.state, p, sk, group, tuple(expected))
-                out[sk.slot] = Variable(h, h.shape, h.dtype)
+                out[sk.slot] = Variable(h, h.shape, h.dtype, exists=h.existed)
         return out
 
     # ---- arrays -----------------------------------------------------------------------------

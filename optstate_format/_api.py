@@ -78,7 +78,9 @@ def build_state(model: ModelDescription, opt: OptimizerDescription, *, wrap,
     for w, hints in zip(model.weights, _hints(model)):
         ws = by_weight.get(id(w.variable.handle))
         slots = {name: wrap(v) for name, v in (ws.slots.items() if ws else ())}
-        if not slots and not include_weights and not all_weights:
+        # a weight the optimizer holds without state yet (torch creates it at the first step
+        # that updates the weight) is kept, slot-less, so an import can pair it (spec 8.4)
+        if ws is None and not include_weights and not all_weights:
             continue
         entries.append(WeightEntry(
             path=w.path, shape=tuple(w.variable.shape), dtype=w.variable.dtype,

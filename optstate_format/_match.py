@@ -349,7 +349,12 @@ def plan_import(state, target, *, mapping=None, strict=True, include_weights=Fal
             continue
         report.matched.append((fp, tp, source))
         matched_targets.add(tp)
-        for sname in sorted(set(fw.slots) | set(tw.slots)):
+        names = set(fw.slots) | set(tw.slots)
+        if not fw.slots and tw.slots and not any(
+                getattr(v, "exists", True) for v in tw.slots.values()):
+            names = set()  # no state yet on either side: it is created at the first step
+            report.notes.append(f"{fp}: no optimizer state yet, in the file and in the target")
+        for sname in sorted(names):
             if sname not in tw.slots:
                 report.mismatched.append(Problem(
                     "E_MATCH_SLOTS", fp, f"file has slot {sname!r}, which the target "

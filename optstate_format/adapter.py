@@ -61,11 +61,15 @@ class Variable:
     """A framework variable as the core sees it: an opaque handle, its shape and dtype.
 
     ``dtype`` is a spec dtype name (``float32``, ``int64``, ... spec section 6).
+    ``exists`` is False for optimizer state a framework creates lazily and has not
+    created yet (it is created when assigned; a target whose state does not exist yet
+    can take a file entry that holds none).
     """
 
     handle: Any
     shape: tuple
     dtype: str
+    exists: bool = True
 
 
 @dataclass(eq=False)
