@@ -8,14 +8,18 @@ OLD_VENV  := .venv-oldest
 OLD_STAMP := $(OLD_VENV)/.installed-stamp
 OLDEST    := 'tensorflow==2.20.*' 'keras==3.12.*' 'tf-keras==2.20.*'
 
-.PHONY: setup demo demo-torch test test-core test-oldest bench conformance clean
+.PHONY: setup demo demo-torch test test-core test-oldest bench conformance zoo clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch 2.13.0 is the CPU build on the project machine's disk (a looser range would take a
 	# CUDA build of several GB); it only serves the Keras 3 torch-backend tests.
 	$(BIN)/python -m pip install --quiet -e '.[keras,tf-keras,jax,test]' 'torch==2.13.0'
+	# keras-hub only builds the model zoo's backbones from config (tests/zoo.py): without its
+	# dependencies, which would bring tensorflow-text and hub downloads; it needs regex and
+	# tokenizers to import.
+	$(BIN)/python -m pip install --quiet --no-deps 'keras-hub==0.32.0' 'regex>=2023' 'tokenizers>=0.19'
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -47,6 +51,11 @@ test-core: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_io.py
+
+# Every keras.applications model and the keras_hub backbones of tests/zoo.py: train a step,
+# rebuild, import, check each slot against its layer; prints the table (long: see README).
+zoo: $(STAMP)
+	KERAS_BACKEND=tensorflow $(BIN)/python tests/zoo.py
 
 conformance: $(STAMP)
 	$(BIN)/python spec/generate.py

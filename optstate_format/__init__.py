@@ -51,7 +51,7 @@ def export_state(model, path, *, optimizer=None, include_weights=False, metadata
 
 
 def import_state(model, path, *, optimizer=None, strict=True, mapping=None,
-                 include_weights=False, rollback=True):
+                 include_weights=False, rollback=True, resize=None):
     """Load the state in ``path`` into ``model``'s optimizer, matching weights by identity.
 
     All-or-nothing: on any problem a :class:`MatchError` lists them all and
@@ -64,21 +64,27 @@ def import_state(model, path, *, optimizer=None, strict=True, mapping=None,
     costs no second copy; into an optimizer that holds trained state it costs one
     copy of that state, which ``rollback=False`` saves.
 
+    ``resize="overlap"`` (model surgery, never the default): a weight paired by identity
+    whose shape changed (a grown vocabulary, a longer context, more classes) imports the
+    region both shapes share; the rest keeps the target's fresh value; each such weight is
+    listed in ``report.resized``. Without it a changed shape is refused (E_MATCH_SHAPE).
+
     >>> # report = import_state(rebuilt_model, "run.optstate"); print(report)
     """
     return _api.import_state(model, path, optimizer=optimizer, strict=strict, mapping=mapping,
-                             include_weights=include_weights, rollback=rollback)
+                             include_weights=include_weights, rollback=rollback, resize=resize)
 
 
 def transfer_state(src_model, dst_model, *, src_optimizer=None, optimizer=None, strict=True,
-                   mapping=None, include_weights=False, rollback=True):
+                   mapping=None, include_weights=False, rollback=True, resize=None):
     """Move optimizer state between two live models (no file), matching by identity.
 
     The source may be of another framework generation than the target; checks,
-    journal and report are those of :func:`import_state`.
+    journal and report are those of :func:`import_state` (``resize`` included).
 
     >>> # transfer_state(old_model, rebuilt_model)
     """
     return _api.transfer_state(src_model, dst_model, src_optimizer=src_optimizer,
                                optimizer=optimizer, strict=strict, mapping=mapping,
-                               include_weights=include_weights, rollback=rollback)
+                               include_weights=include_weights, rollback=rollback,
+                               resize=resize)

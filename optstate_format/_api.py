@@ -14,7 +14,7 @@ import numpy as np
 
 from . import _journal
 from ._errors import UnsupportedError
-from ._identity import weight_identities
+from ._identity import describe_identities
 from ._io import read, write
 from ._match import plan_import
 from ._state import LazyTensor, OptimizerState, WeightEntry
@@ -39,13 +39,25 @@ def adapter_for(model) -> Adapter:
                            f"{', '.join(sorted(ADAPTERS))}.")
 
 
-def _hints(model: ModelDescription) -> list:
+def identities(model: ModelDescription) -> dict:
+    """{path: _identity.WeightIdentity} for every weight of a described model the graph
+    reaches (spec 8.1, 8.2, 8.2a): a generated local name counts by its role."""
+    generated = {w.graph_id for w in model.weights
+                 if w.graph_id is not None and w.generated_name}
+    ids = describe_identities(model.graph, generated)
+    return {w.path: ids[w.graph_id] for w in model.weights
+            if w.graph_id is not None and w.graph_id in ids}
+
+
+def _hints(model: ModelDescription, ids=None) -> list:
     """Identity hints (spec 8.1) for every weight of a described model, in its order."""
-    ids = weight_identities(model.graph)
+    ids = identities(model) if ids is None else ids
     out = []
     for w in model.weights:
         named = w.named and not w.generated_name
-        out.append({"structural": ids.get(w.graph_id) if w.graph_id is not None else None,
+        ident = ids.get(w.path)
+        out.append({"structural": ident.structural if ident else None,
+                    "structural_in": ident.structural_in if ident else None,
                     "name": w.path if named else None,
                     "layer_class": w.layer_class, "weight_name": w.local_name})
     return out
@@ -61,7 +73,7 @@ def _check_paths(model: ModelDescription):
 
 
 def build_state(model: ModelDescription, opt: OptimizerDescription, *, wrap,
-                include_weights: bool, all_weights: bool = False, metadata=None):
+                include_weights: bool, all_weights: bool = False, metadata=None, ids=None):
     """An :class:`OptimizerState` from the two descriptions; ``wrap(Variable)`` gives each
     tensor (a lazy read for export, a copy for transfer, the Variable itself for a target).
 
@@ -75,7 +87,7 @@ def build_state(model: ModelDescription, opt: OptimizerDescription, *, wrap,
         raise UnsupportedError("the optimizer holds state for a variable that is not part of "
                                "the model; pass the model it was built for.")
     entries = []
-    for w, hints in zip(model.weights, _hints(model)):
+    for w, hints in zip(model.weights, _hints(model, ids)):
         ws = by_weight.get(id(w.variable.handle))
         slots = {name: wrap(v) for name, v in (ws.slots.items() if ws else ())}
         # a weight the optimizer holds without state yet (torch creates it at the first step
@@ -121,28 +133,31 @@ def export_state(model, path, *, optimizer=None, include_weights=False, metadata
 
 
 def apply_state(model, state: OptimizerState, *, optimizer=None, strict=True, mapping=None,
-                include_weights=False, rollback=True):
+                include_weights=False, rollback=True, resize=None):
     """Plan ``state`` against ``model`` (every check), then assign it all or nothing."""
     adapter = adapter_for(model)
     desc, opt = _describe(adapter, model, optimizer, create=True)
-    target = build_state(desc, opt, wrap=lambda v: v, include_weights=False, all_weights=True)
+    ids = identities(desc)
+    target = build_state(desc, opt, wrap=lambda v: v, include_weights=False, all_weights=True,
+                         ids=ids)
     target.producer["framework"] = getattr(adapter, "framework", "")
     report, assignments = plan_import(state, target, mapping=mapping, strict=strict,
-                                      include_weights=include_weights)
+                                      include_weights=include_weights, resize=resize,
+                                      identities=ids, read=lambda v: adapter.read(v.handle))
     report.assigned = _journal.apply(adapter, assignments, rollback=rollback)
     return report
 
 
 def import_state(model, path, *, optimizer=None, strict=True, mapping=None,
-                 include_weights=False, rollback=True):
+                 include_weights=False, rollback=True, resize=None):
     state = read(path, verify=True)
     return apply_state(model, state, optimizer=optimizer, strict=strict, mapping=mapping,
-                       include_weights=include_weights, rollback=rollback)
+                       include_weights=include_weights, rollback=rollback, resize=resize)
 
 
 def transfer_state(src_model, dst_model, *, src_optimizer=None, optimizer=None, strict=True,
-                   mapping=None, include_weights=False, rollback=True):
+                   mapping=None, include_weights=False, rollback=True, resize=None):
     state = source_state(src_model, optimizer=src_optimizer, include_weights=include_weights,
                          materialize=True)
     return apply_state(dst_model, state, optimizer=optimizer, strict=strict, mapping=mapping,
-                       include_weights=include_weights, rollback=rollback)
+                       include_weights=include_weights, rollback=rollback, resize=resize)

@@ -542,7 +542,7 @@ def _validate_doc(doc, cont: _Container, version):
             _fail(f"weight dtype {dtype!r} is not in the dtype table.", "E_DTYPE", path=path)
         _req(w, "trainable", bool, where)
         hints = _req(w, "hints", dict, where)
-        for hk in ("structural", "name"):
+        for hk in ("structural", "structural_in", "name"):
             if hints.get(hk) is not None and not isinstance(hints[hk], str):
                 _fail(f"{where}.hints.{hk} must be a string or nil.", "E_SCHEMA", path=path)
         slots = _req(w, "slots", dict, where)

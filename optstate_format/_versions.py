@@ -1,12 +1,14 @@
 """Released format versions. Mirrored by spec/SPEC.md section 10 (a test keeps them in step)."""
 
 FORMAT_ID = "optstate"
-CURRENT_VERSION = (1, 0)
-CURRENT_VERSION_STR = "1.0"
+CURRENT_VERSION = (1, 1)
+CURRENT_VERSION_STR = "1.1"
 
 # (format version, released, library version that first wrote it, summary)
 VERSION_TABLE = [
     ("1.0", "2026-11-27", "0.1.0", "Initial release."),
+    ("1.1", "2026-11-28", "0.2.0", "Generated weight names are roles, not identities; new "
+     "hint `structural_in`; two-ended alignment; opt-in resize."),
 ]
 
 

@@ -27,6 +27,7 @@ from optstate_format import _registry  # noqa: E402
 from optstate_format._check import summarize  # noqa: E402
 from optstate_format._io import read, write  # noqa: E402
 from optstate_format._state import OptimizerInfo, OptimizerState, WeightEntry  # noqa: E402
+from optstate_format._versions import CURRENT_VERSION  # noqa: E402
 
 PRODUCER = {"framework": "conformance", "framework_version": "1"}
 
@@ -115,6 +116,22 @@ def valid_states():
                                         "count": np.array(3, np.int64)})],
             globals={"iterations": it(3), "nan_and_inf": np.array(
                 [np.nan, np.inf, -np.inf, 0.0], np.float32)}),
+        # 1.1: both structural hints; a user layer whose two weights have generated names
+        # (roles #0 and #1, spec 8.3), so their name hints are nil.
+        "two_ended_roles": OptimizerState(
+            OptimizerInfo("sgd", "SGD", "keras.optimizers", {"momentum": 0.9},
+                          {"kind": "constant", "value": 0.01}),
+            step=1, producer=PRODUCER,
+            weights=[WeightEntry(f"scale_shift/{local}", (4,), "float32",
+                                 slots={"momentum": _arr((4,), seed=i)},
+                                 hints={"structural": out, "structural_in": inp, "name": None,
+                                        "layer_class": "ScaleShift", "weight_name": local})
+                     for i, (local, out, inp) in enumerate((
+                         ("variable_7", "g:606bc246b7f95dcd90008cb660e9b06f",
+                          "g:" + "1" * 32),
+                         ("variable_8", "g:53976310ec1bcf94b1c9dcc3ee6443f3",
+                          "g:" + "2" * 32)))],
+            globals={"iterations": it(1)}),
     }
 
 
@@ -224,13 +241,15 @@ def invalid_cases(base: bytes):
 
 
 def newer_minor(base: bytes) -> bytes:
-    """A 1.1 file with a field 1.0 does not know: readers of 1.0 must accept it."""
+    """A file of the next minor version with a field this version does not know: readers of
+    this version must accept it."""
     table, data = _split(base)
-    table["__metadata__"]["optstate.version"] = "1.1"
+    newer = f"{CURRENT_VERSION[0]}.{CURRENT_VERSION[1] + 1}"
+    table["__metadata__"]["optstate.version"] = newer
 
     def edit(doc):
-        doc["version"] = "1.1"
-        doc["future_field"] = {"added_in": "1.1"}
+        doc["version"] = newer
+        doc["future_field"] = {"added_in": newer}
     raw = _join(table, data)
     return _rewrite_doc(raw, edit)
 

@@ -87,7 +87,7 @@ def test_any_safetensors_reader_lists_tensors_and_format_metadata(tmp_path):
     with safe_open(str(p), framework="numpy") as f:
         keys = set(f.keys())
         meta = f.metadata()
-        assert meta["optstate.format"] == "optstate" and meta["optstate.version"] == "1.0"
+        assert meta["optstate.format"] == "optstate" and meta["optstate.version"] == osf.FORMAT_VERSION
         assert "slot:layer_0/kernel:m" in keys and "weight:layer_1/kernel" in keys
         np.testing.assert_array_equal(f.get_tensor("slot:layer_2/kernel:v"),
                                       st.weights[2].slots["v"])

@@ -164,3 +164,125 @@ def test_identities_do_not_depend_on_build_order_or_inserted_dropout(dag, other_
     plain = _build(ops, outputs, [], seed)
     assert _build(ops, outputs, pads, other_seed) == plain
     assert len(set(plain.values())) == len(plain)
+
+
+# ---- format 1.1: roles of generated names, identities from the inputs -------------------
+
+from pathlib import Path  # noqa: E402
+
+from optstate_format._identity import (ROOT, chain, describe_identities,  # noqa: E402
+                                       layer_input_identities, role_tokens)
+
+SPEC = (Path(__file__).resolve().parent.parent / "spec" / "SPEC.md").read_text()
+
+
+def scale_shift_graph(names):
+    """input -> Dense -> ScaleShift (two weights named by the framework's counter)."""
+    b = Builder()
+    d = b.call("d", "Dense", [("input", 0)])
+    b.layers["ss"] = Layer("ScaleShift", [(names[0], "scale"), (names[1], "shift")])
+    b.nodes.append(Node("ss", [d]))
+    return b.graph([("node", 1, 0)])
+
+
+def test_spec_worked_example_of_generated_names_is_what_the_code_computes():
+    ids = describe_identities(scale_shift_graph(["variable_7", "variable_8"]),
+                              generated={"scale", "shift"})
+    s = chain(chain(ROOT, "out0"), "ScaleShift")
+    assert ids["scale"].structural == "g:" + chain(s, "#0")
+    assert ids["shift"].structural == "g:" + chain(s, "#1")
+    for value in (s, ids["scale"].structural, ids["shift"].structural,
+                  "g:" + chain(s, "variable_7")):
+        assert f"`{value}`" in SPEC
+
+
+def test_spec_worked_example_from_the_inputs_is_what_the_code_computes():
+    b = Builder()
+    d1 = b.call("d1", "Dense", [("input", 0)])
+    drop = b.call("drop", "Dropout", [d1], weights=False)
+    b.call("d2", "Dense", [drop])
+    ids = describe_identities(b.graph([("node", 2, 0)]))
+    j1 = chain(chain(ROOT, "args:in0"), "Dense")
+    j2 = chain(chain(ROOT, "args:" + j1), "Dense")
+    assert ids["d1.kernel"].structural_in == "g:" + chain(j1, "kernel")
+    assert ids["d2.kernel"].structural_in == "g:" + chain(j2, "kernel")
+    for value in (chain(ROOT, "args:in0"), j1, chain(ROOT, "args:" + j1), j2,
+                  ids["d1.kernel"].structural_in, ids["d2.kernel"].structural_in):
+        assert f"`{value}`" in SPEC
+
+
+def test_generated_names_from_any_counter_give_the_same_identities():
+    a = describe_identities(scale_shift_graph(["variable_7", "variable_8"]), {"scale", "shift"})
+    b = describe_identities(scale_shift_graph(["variable_41", "variable_42"]),
+                            {"scale", "shift"})
+    assert {k: (v.structural, v.structural_in) for k, v in a.items()} == {
+        k: (v.structural, v.structural_in) for k, v in b.items()}
+    assert a["scale"].structural != a["shift"].structural
+
+
+def test_role_is_the_index_among_the_same_sublayer_variables():
+    roles = role_tokens([("gamma", 0), ("variable_3", 1), ("inner/variable_9", 2),
+                         ("inner/variable_10", 3), ("variable_4", 4)], {1, 2, 3, 4})
+    assert roles == {0: "gamma", 1: "#1", 2: "inner/#0", 3: "inner/#1", 4: "#2"}
+
+
+def test_attribute_identities_use_roles_too():
+    g = Graph({"blocks/0": Layer("ScaleShift", [("variable_3", 0), ("variable_4", 1)])}, None)
+    ids = describe_identities(g, {0, 1})
+    assert (ids[0].structural, ids[1].structural) == ("a:blocks/0/#0", "a:blocks/0/#1")
+    assert ids[0].structural_in is None  # no graph: no input side
+
+
+def test_a_layer_inserted_near_the_outputs_keeps_the_input_identities_before_it():
+    def build(insert):
+        b = Builder()
+        x = b.call("d1", "Dense", [("input", 0)])
+        x = b.call("d2", "Dense", [x])
+        if insert:
+            x = b.call("new", "Dense", [x])
+        b.call("d3", "Dense", [x])
+        return layer_input_identities(b.graph([("node", len(b.nodes) - 1, 0)]))
+
+    plain, grown = build(False), build(True)
+    assert plain["d1"] == grown["d1"] and plain["d2"] == grown["d2"]
+    assert plain["d3"] != grown["d3"] and grown["new"] == plain["d3"]
+
+
+def test_siblings_fed_the_same_tensor_share_their_input_identity():
+    b = Builder()
+    b.call("left", "Dense", [("input", 0)])
+    b.call("right", "Dense", [("input", 0)])
+    b.call("cat", "Concatenate", [("node", 0, 0), ("node", 1, 0)], weights=False)
+    ids = layer_input_identities(b.graph([("node", 2, 0)]))
+    assert ids["left"] == ids["right"]
+
+
+def _inputs(ops, outputs, pads, order_seed):
+    b = Builder()
+    n = len(ops)
+    order, done = [], set()
+    rnd = random.Random(order_seed)
+    while len(order) < n:
+        ready = [i for i in range(n) if i not in done and all(
+            a < 0 or a in done for a in ops[i][1])]
+        i = rnd.choice(ready)
+        order.append(i)
+        done.add(i)
+    refs = {}
+    for i in order:
+        kind, args = ops[i]
+        ins = [("input", 0) if a < 0 else refs[a] for a in args]
+        ref = b.call(f"L{i}", "Dense" if kind == "dense" else "Concatenate", ins,
+                     weights=kind == "dense")
+        for k in range(pads.count(i)):
+            ref = b.call(f"pad{i}_{k}", "Dropout", [ref], weights=False)
+        refs[i] = ref
+    ids = describe_identities(b.graph([refs[o] for o in outputs]))
+    return {k: v.structural_in for k, v in ids.items()}
+
+
+@settings(max_examples=100, deadline=None)
+@given(random_dag(), st.integers(0, 2 ** 16))
+def test_input_identities_do_not_depend_on_build_order_or_inserted_dropout(dag, other_seed):
+    ops, outputs, pads, seed = dag
+    assert _inputs(ops, outputs, pads, other_seed) == _inputs(ops, outputs, [], seed)

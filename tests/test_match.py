@@ -150,3 +150,147 @@ def test_report_prints_a_table_with_counts():
     text = str(report)
     assert "layer_0/kernel" in text and "renamed_0/kernel" in text
     assert "matched 3, missing 0" in text
+
+
+# ---- two-ended alignment (spec 8.4) and resize (8.6) ------------------------------------
+
+from optstate_format import OptimizerInfo, OptimizerState, WeightEntry  # noqa: E402
+from optstate_format._identity import (Graph, Layer, Node,  # noqa: E402
+                                       describe_identities)
+
+
+def dense_chain(units, n_in, insert_after=None, new_units=None, prefix="f"):
+    """Graph, weights and slots of in -> Dense(u0) -> ... with an extra Dense if asked.
+    Returns [(path, shape, identity)] in layer order (and the inserted layer's paths)."""
+    layers, nodes, specs = {}, [], []
+    dims = [n_in]
+    plan = []
+    for i, u in enumerate(units):
+        plan.append((f"d{i}", u))
+        if insert_after == i:
+            plan.append(("new", new_units or u))
+    ref = ("input", 0)
+    for name, u in plan:
+        k, b = f"{prefix}_{name}/kernel", f"{prefix}_{name}/bias"
+        layers[name] = Layer("Dense", [("kernel", k), ("bias", b)])
+        specs += [(k, (dims[-1], u)), (b, (u,))]
+        dims.append(u)
+        nodes.append(Node(name, [ref]))
+        ref = ("node", len(nodes) - 1, 0)
+    ids = describe_identities(Graph(layers, nodes, [ref]))
+    return [(p, s, ids[p]) for p, s in specs]
+
+
+def file_state(specs, seed=0):
+    rng = np.random.default_rng(seed)
+    weights = []
+    for path, shape, ident in specs:
+        weights.append(WeightEntry(
+            path, shape, "float32",
+            slots={"m": rng.standard_normal(shape).astype(np.float32)},
+            hints={"structural": ident.structural, "structural_in": ident.structural_in,
+                   "name": None, "weight_name": path.split("/", 1)[1]}))
+    return OptimizerState(OptimizerInfo("sgd", "SGD"), step=1, weights=weights,
+                          globals={"iterations": np.array(1, np.int64)})
+
+
+def target_from(specs, fill=0.0):
+    values = {}
+    weights = []
+    for path, shape, ident in specs:
+        values[(path, "m")] = np.full(shape, fill, np.float32)
+        weights.append(TargetWeight(
+            path, shape, "float32", True,
+            {"structural": ident.structural, "structural_in": ident.structural_in,
+             "name": None, "weight_name": path.split("/", 1)[1]},
+            {"m": SlotTarget(shape, "float32", (path, "m"))}, (path, "value"), 0, ident))
+    return TargetState("sgd", "SGD", weights, {"iterations": SlotTarget((), "int64", "it")},
+                       read=lambda h: values[h])
+
+
+def test_inserted_layer_is_the_only_one_missing_and_every_other_slot_lands_on_its_layer():
+    st = file_state(dense_chain([16, 32, 1], 6))
+    tgt = target_from(dense_chain([16, 32, 1], 6, insert_after=0, prefix="t"))
+    with pytest.raises(osf.MatchError) as e:
+        plan_import(st, tgt)
+    assert sorted(e.value.report.missing) == ["t_new/bias", "t_new/kernel"]
+    assert not e.value.report.unexpected
+    report, assigns = plan_import(st, tgt, strict=False)
+    got = as_dict(assigns)
+    for layer in ("d0", "d1", "d2"):
+        for w in ("kernel", "bias"):
+            np.testing.assert_array_equal(got[(f"t_{layer}/{w}", "m")],
+                                          st.weight(f"f_{layer}/{w}").slots["m"])
+    assert ("t_new/bias", "m") not in got
+
+
+def test_removed_layer_is_the_only_one_unexpected():
+    st = file_state(dense_chain([16, 32, 1], 6, insert_after=0))
+    tgt = target_from(dense_chain([16, 32, 1], 6, prefix="t"))
+    report, assigns = plan_import(st, tgt, strict=False)
+    assert sorted(report.unexpected) == ["f_new/bias", "f_new/kernel"] and not report.missing
+    np.testing.assert_array_equal(as_dict(assigns)[("t_d1/kernel", "m")],
+                                  st.weight("f_d1/kernel").slots["m"])
+
+
+def test_identical_layers_around_an_insertion_are_ambiguous_but_the_certain_pairs_are_named():
+    st = file_state(dense_chain([8, 8, 8, 1], 8))
+    tgt = target_from(dense_chain([8, 8, 8, 1], 8, insert_after=1, prefix="t"))
+    with pytest.raises(osf.MatchError) as e:
+        plan_import(st, tgt, strict=False)
+    amb = [p for p in e.value.problems if p.code == "E_MATCH_AMBIGUOUS"]
+    assert sorted(p.path for p in amb) == ["f_d0/bias", "f_d1/bias", "f_d2/bias"]
+    for name in ("t_d0/kernel", "t_d1/kernel", "t_new/kernel", "t_d2/kernel"):
+        assert name in amb[0].message
+    assert "t_d3" not in amb[0].message  # the last layer is certain in every alignment
+    mapping = {f"f_{n}/{w}": f"t_{n}/{w}" for n in ("d0", "d1", "d2") for w in ("kernel", "bias")}
+    report, _ = plan_import(st, tgt, strict=False, mapping=mapping)
+    assert sorted(report.missing) == ["t_new/bias", "t_new/kernel"]
+    assert ("f_d3/kernel", "t_d3/kernel", "structure") in report.matched
+
+
+def test_without_input_side_hints_matching_is_from_the_outputs_only():
+    st = file_state(dense_chain([16, 32, 1], 6))
+    for w in st.weights:
+        w.hints.pop("structural_in")
+    tgt = target_from(dense_chain([16, 32, 1], 6, insert_after=0, prefix="t"))
+    report, _ = plan_import(st, tgt, strict=False)
+    assert {m[2] for m in report.matched} == {"structure"}
+    # the 1.0 behaviour: the new layer takes the first layer's place (its kernel's shape differs)
+    assert ("f_d0/bias", "t_new/bias", "structure") in report.matched
+
+
+def test_resize_overlap_copies_the_shared_region_and_keeps_the_fresh_value_elsewhere():
+    specs = dense_chain([4, 3], 2)
+    st = file_state(specs)
+    grown = dense_chain([4, 5], 2, prefix="t")  # a head with more classes
+    tgt = target_from(grown, fill=0.5)  # a fresh optimizer's initial value (Adagrad-like)
+    with pytest.raises(osf.MatchError) as e:
+        plan_import(st, tgt)
+    assert "E_MATCH_SHAPE" in str(e.value) and "resize='overlap'" in str(e.value)
+    report, assigns = plan_import(st, tgt, resize="overlap")
+    got = as_dict(assigns)
+    k = got[("t_d1/kernel", "m")]
+    assert k.shape == (4, 5)
+    np.testing.assert_array_equal(k[:, :3], st.weight("f_d1/kernel").slots["m"])
+    np.testing.assert_array_equal(k[:, 3:], np.full((4, 2), 0.5, np.float32))
+    b = got[("t_d1/bias", "m")]
+    np.testing.assert_array_equal(b[:3], st.weight("f_d1/bias").slots["m"])
+    assert sorted((r[0], r[2], r[3]) for r in report.resized) == [
+        ("f_d1/bias", (3,), (5,)), ("f_d1/kernel", (4, 3), (4, 5))]
+    assert "resized: f_d1/kernel [4, 3] -> t_d1/kernel [4, 5]" in str(report)
+
+
+def test_resize_shrinks_and_refuses_a_changed_rank():
+    st = file_state(dense_chain([4, 3], 2))
+    tgt = target_from(dense_chain([4, 2], 2, prefix="t"))
+    _, assigns = plan_import(st, tgt, resize="overlap")
+    np.testing.assert_array_equal(as_dict(assigns)[("t_d1/kernel", "m")],
+                                  st.weight("f_d1/kernel").slots["m"][:, :2])
+    tgt.weights[-2].shape = (4, 3, 1)
+    tgt.weights[-2].slots["m"].shape = (4, 3, 1)
+    with pytest.raises(osf.MatchError) as e:
+        plan_import(st, tgt, resize="overlap")
+    assert "keeps the rank" in str(e.value)
+    with pytest.raises(ValueError):
+        plan_import(st, tgt, resize="pad")

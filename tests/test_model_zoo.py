@@ -174,3 +174,41 @@ def test_mixed_precision_policy_roundtrips_loss_scale_state(framework, tmp_path)
             np.testing.assert_array_equal(p, q)
     finally:
         K.mixed_precision.set_global_policy("float32")
+
+
+# ---- the model zoo (issue 10, item 3): tests/zoo.py ---------------------------------------
+
+import os  # noqa: E402
+
+import zoo  # noqa: E402
+
+FULL_ZOO = bool(os.environ.get("OPTSTATE_ZOO"))
+
+
+def _zoo_params():
+    out = []
+    for name, family in zoo.cases():
+        marks = [] if name in zoo.CI else [pytest.mark.skipif(
+            not FULL_ZOO, reason="full zoo: `make zoo` (or OPTSTATE_ZOO=1 pytest -k zoo)")]
+        out.append(pytest.param(name, family, marks=marks, id=name))
+    return out
+
+
+@pytest.mark.parametrize("name,family", _zoo_params())
+def test_zoo_model_rebuilt_elsewhere_gets_every_slot_on_its_layer(name, family, tmp_path):
+    """Train a step, export, rebuild (other input size, counters moved), import; each Adam
+    slot equals the source's for the weight at the same layer and index (tests/zoo.py)."""
+    if family == "keras_hub":
+        pytest.importorskip("keras_hub")
+    row = zoo.run_case(name, family, tmp_path)
+    assert row.status == "ok" and row.slots_checked == 2 * row.weights > 0
+
+
+def test_convnext_layer_scale_weights_have_generated_names_and_import_by_role(tmp_path):
+    """The issue's case: LayerScale's ``variable_<n>`` weights (36 refused problems in 1.0)."""
+    model = keras3.applications.ConvNeXtTiny(weights=None, include_top=False,
+                                             input_shape=(32, 32, 3), pooling="avg")
+    from optstate_format.converters import keras3 as conv
+    vis = [vi for vi, h in conv.describe_model(model) if vi.generated]
+    assert len(vis) == 18 and all("layer_scale" in vi.path for vi in vis)
+    assert {vi.identity.role for vi in vis} == {"#0"}

@@ -1,0 +1,271 @@
+"""The model zoo: models people actually train, built without downloads, moved by role.
+
+Every ``keras.applications`` constructor (``weights=None``, ``include_top=False`` with average
+pooling, at a small valid input size) and ``keras_hub`` backbones built from tiny configs. Each
+case: build, train one Adam step, export; build the same architecture again (at another input
+size where the architecture allows it) in this process, after every model built before it moved
+Keras's name counters; import; then check every Adam slot of the rebuilt model against the
+source model's slot for the weight at the same place (index of its layer in ``model.layers``,
+index of the weight in ``layer.weights``): an oracle that does not use optstate's identities.
+
+    python tests/zoo.py             # every case, then the table (make zoo)
+    python tests/zoo.py --ci        # the representative subset run by make test
+    python tests/zoo.py ConvNeXtTiny GPT2Backbone
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+
+# Input sizes (export, import) for the applications whose minimum is above 32 pixels.
+APP_SIZES = {"InceptionV3": (75, 91), "InceptionResNetV2": (75, 91), "Xception": (71, 87)}
+# The representative subset that runs in `make test` (about two minutes together).
+CI = {"ConvNeXtTiny", "MobileNetV3Small", "EfficientNetB0", "DenseNet121", "NASNetMobile",
+      "GPT2Backbone", "BertBackbone", "LlamaBackbone", "ViTBackbone", "DINOV2Backbone"}
+
+_TEXT = dict(vocabulary_size=64, num_layers=2, hidden_dim=16, intermediate_dim=32)
+# keras_hub backbones at tiny dimensions: class name -> constructor arguments.
+HUB = {
+    "GPT2Backbone": dict(_TEXT, num_heads=2, max_sequence_length=32),
+    "BertBackbone": dict(_TEXT, num_heads=2, max_sequence_length=32),
+    "RobertaBackbone": dict(_TEXT, num_heads=2, max_sequence_length=32),
+    "XLMRobertaBackbone": dict(_TEXT, num_heads=2, max_sequence_length=32),
+    "DistilBertBackbone": dict(_TEXT, num_heads=2, max_sequence_length=32),
+    "OPTBackbone": dict(_TEXT, num_heads=2, max_sequence_length=32),
+    "BartBackbone": dict(_TEXT, num_heads=2, max_sequence_length=32),
+    "GPTNeoXBackbone": dict(_TEXT, num_heads=2, max_sequence_length=32),
+    "FNetBackbone": dict(_TEXT, max_sequence_length=32),
+    "DebertaV3Backbone": dict(_TEXT, num_heads=2, max_sequence_length=32, bucket_size=8),
+    "AlbertBackbone": dict(_TEXT, num_heads=2, embedding_dim=8, num_groups=1,
+                           num_inner_repetitions=1, max_sequence_length=32),
+    "ElectraBackbone": dict(vocab_size=64, num_layers=2, num_heads=2, hidden_dim=16,
+                            embedding_dim=8, intermediate_dim=32, max_sequence_length=32),
+    "T5Backbone": dict(_TEXT, num_heads=2),
+    "BloomBackbone": dict(_TEXT, num_heads=2),
+    "FalconBackbone": dict(_TEXT, num_attention_heads=2),
+    "LlamaBackbone": dict(_TEXT, num_query_heads=2, num_key_value_heads=1),
+    "Llama3Backbone": dict(_TEXT, num_query_heads=2, num_key_value_heads=1),
+    "MistralBackbone": dict(_TEXT, num_query_heads=2, num_key_value_heads=1),
+    "MixtralBackbone": dict(_TEXT, num_query_heads=2, num_key_value_heads=1, num_experts=2,
+                            top_k=1),
+    "GemmaBackbone": dict(_TEXT, num_query_heads=2, num_key_value_heads=1, head_dim=8),
+    "Phi3Backbone": dict(_TEXT, num_query_heads=2, num_key_value_heads=1),
+    "QwenBackbone": dict(_TEXT, num_query_heads=2, num_key_value_heads=1),
+    "Qwen3Backbone": dict(_TEXT, num_query_heads=2, num_key_value_heads=1, head_dim=8),
+    "ViTBackbone": dict(image_shape=(16, 16, 3), patch_size=4, num_layers=2, num_heads=2,
+                        hidden_dim=16, mlp_dim=32),
+    "DeiTBackbone": dict(image_shape=(16, 16, 3), patch_size=4, num_layers=2, num_heads=2,
+                         hidden_dim=16, intermediate_dim=32),
+    "DINOV2Backbone": dict(patch_size=4, num_layers=2, hidden_dim=16, num_heads=2,
+                           intermediate_dim=32, image_shape=(16, 16, 3)),
+    "ResNetBackbone": dict(input_conv_filters=[8], input_conv_kernel_sizes=[3],
+                           stackwise_num_filters=[8, 16], stackwise_num_blocks=[1, 1],
+                           stackwise_num_strides=[1, 2], block_type="basic_block",
+                           image_shape=(None, None, 3)),
+}
+
+
+@dataclass
+class Row:
+    model: str
+    family: str
+    params: int = 0
+    weights: int = 0
+    slots_checked: int = 0
+    export_s: float = 0.0
+    import_s: float = 0.0
+    train_s: float = 0.0
+    status: str = "ok"
+    detail: str = ""
+    notes: list = field(default_factory=list)
+
+
+def application_names():
+    import keras
+    return sorted(n for n in dir(keras.applications)
+                  if n[0].isupper() and callable(getattr(keras.applications, n)))
+
+
+def cases(only=(), ci=False):
+    """(name, family) of every case, in run order."""
+    out = [(n, "keras.applications") for n in application_names()]
+    out += [(n, "keras_hub") for n in HUB]
+    if ci:
+        out = [c for c in out if c[0] in CI]
+    if only:
+        out = [c for c in out if c[0] in only]
+    return out
+
+
+def build(name, family, variant):
+    """(compiled model, batch) for case ``name``; ``variant`` 0 is the source, 1 the rebuild."""
+    import keras
+    rng = np.random.default_rng(variant)
+    if family == "keras.applications":
+        size = APP_SIZES.get(name, (32, 48))[variant]
+        model = getattr(keras.applications, name)(weights=None, include_top=False,
+                                                  input_shape=(size, size, 3), pooling="avg")
+        x = rng.standard_normal((2, size, size, 3)).astype("float32")
+    else:
+        import keras_hub
+        model = getattr(keras_hub.models, name)(**HUB[name])
+        x = hub_inputs(model, rng, seq=(8, 12)[variant])
+    seq = (8, 12)[variant]
+    y = keras.tree.map_structure(
+        lambda t: rng.standard_normal(tuple(2 if i == 0 else (seq if d is None else int(d))
+                                            for i, d in enumerate(t.shape))).astype("float32"),
+        model.output)
+    # one eager step: tracing a whole network into a graph would cost more than the step
+    model.compile(keras.optimizers.Adam(1e-3), "mse", run_eagerly=True)
+    return model, (x, y)
+
+
+def hub_inputs(model, rng, seq):
+    xs = {}
+    inputs = model.input if isinstance(model.input, dict) else {"x": model.input}
+    for name, t in inputs.items():
+        shape = tuple(2 if i == 0 else (seq if d is None else int(d))
+                      for i, d in enumerate(t.shape))
+        if "int" in str(t.dtype) or "bool" in str(t.dtype):
+            if "mask" in name:
+                v = np.ones(shape, "int32")
+            elif "segment" in name:
+                v = np.zeros(shape, "int32")
+            else:
+                v = rng.integers(1, 60, shape).astype("int32")
+        else:
+            v = rng.standard_normal(shape).astype("float32")
+        xs[name] = v
+    return xs if isinstance(model.input, dict) else xs["x"]
+
+
+def slot_arrays(model):
+    """{(layer index, weight index): (m, v)} for every trainable weight, by place."""
+    opt = model.optimizer
+    out, seen = {}, set()
+    for li, layer in enumerate(model.layers):
+        for wi, w in enumerate(layer.weights):
+            if id(w) in seen or not w.trainable:
+                continue
+            seen.add(id(w))
+            i = opt._get_variable_index(w)
+            out[(li, wi)] = (np.array(opt._momentums[i].numpy()),
+                             np.array(opt._velocities[i].numpy()))
+    return out
+
+
+def move_counters():
+    """Build a few unrelated layers with generated names: every counter moves on."""
+    from unnamed_models import move_counters as mc
+    import keras
+    mc(keras, 2)
+
+
+def run_case(name, family, workdir):
+    """Export, rebuild, import, check. Returns a Row; raises on a wrong slot."""
+    import optstate_format as osf
+    row = Row(name, family)
+    a, batch = build(name, family, 0)
+    t = time.perf_counter()
+    a.train_on_batch(*batch)
+    row.train_s = time.perf_counter() - t
+    row.params = int(a.count_params())
+    path = Path(workdir) / f"{name}.optstate"
+    t = time.perf_counter()
+    osf.export_state(a, path, fsync=False)
+    row.export_s = time.perf_counter() - t
+    row.weights = len(osf.read_header(path)["weights"])
+    source = slot_arrays(a)
+    names_a = [layer.name for layer in a.layers]
+    del a, batch
+    gc.collect()
+    move_counters()
+    b, _ = build(name, family, 1)
+    names_b = [layer.name for layer in b.layers]
+    t = time.perf_counter()
+    report = osf.import_state(b, path)
+    row.import_s = time.perf_counter() - t
+    path.unlink()
+    target = slot_arrays(b)
+    assert set(target) == set(source), "the rebuilt model has other trainable weights"
+    for key, (m, v) in target.items():
+        sm, sv = source[key]
+        where = f"{name}: layer {key[0]} ({names_b[key[0]]}, was {names_a[key[0]]}) weight {key[1]}"
+        np.testing.assert_array_equal(m, sm, err_msg=where)
+        np.testing.assert_array_equal(v, sv, err_msg=where)
+        row.slots_checked += 2
+    assert report.ok and row.slots_checked == 2 * len(source) > 0
+    row.notes = list(report.notes)
+    del b
+    gc.collect()
+    return row
+
+
+def run_all(selected, out=sys.stdout):
+    """Run ``selected`` cases, printing one line per case as it ends; return the rows."""
+    from optstate_format import OptStateError
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="optstate-zoo-") as workdir:
+        for name, family in selected:
+            t = time.perf_counter()
+            try:
+                row = run_case(name, family, workdir)
+            except OptStateError as e:
+                row = Row(name, family, status="refused", detail=f"{e.code}: {e}")
+            except ImportError as e:
+                row = Row(name, family, status="not built", detail=f"{type(e).__name__}: {e}")
+            except AssertionError as e:
+                row = Row(name, family, status="WRONG", detail=str(e)[:2000])
+            except Exception as e:  # a model this environment cannot build or train
+                row = Row(name, family, status="not built",
+                          detail=f"{type(e).__name__}: {str(e)[:300]}")
+                traceback.print_exc(file=sys.stderr)
+            rows.append(row)
+            print(f"[zoo] {name}: {row.status} {row.slots_checked} slots "
+                  f"({time.perf_counter() - t:.0f} s, cpu {time.process_time():.0f} s, train "
+                  f"{row.train_s:.0f} s) {row.detail[:200]}", file=out, flush=True)
+    return rows
+
+
+def table(rows):
+    head = ("model", "family", "params", "weights", "slots checked", "export s", "import s",
+            "result")
+    lines = [head]
+    for r in rows:
+        lines.append((r.model, r.family, f"{r.params:,}", str(r.weights), str(r.slots_checked),
+                      f"{r.export_s:.2f}", f"{r.import_s:.2f}",
+                      r.status if r.status == "ok" else f"{r.status}: {r.detail[:160]}"))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    text = ["| " + " | ".join(c.ljust(w) for c, w in zip(line, widths)) + " |"
+            for line in lines]
+    text.insert(1, "| " + " | ".join("-" * w for w in widths) + " |")
+    ok = sum(r.status == "ok" for r in rows)
+    text.append(f"\n{ok} of {len(rows)} models imported by role, "
+                f"{sum(r.slots_checked for r in rows)} slots checked against their layer")
+    return "\n".join(text)
+
+
+def main(argv):
+    ci = "--ci" in argv
+    only = [a for a in argv if not a.startswith("--")]
+    rows = run_all(cases(only, ci))
+    print(table(rows))
+    return 0 if all(r.status in ("ok", "refused", "not built") for r in rows) and any(
+        r.status == "ok" for r in rows) and not any(r.status == "WRONG" for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
