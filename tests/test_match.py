@@ -195,27 +195,31 @@ def file_state(specs, seed=0):
 
 
 def target_from(specs, fill=0.0):
-    values = {}
-    weights = []
+    """A target OptimizerState (slots as Variables) and what the conductor passes with it:
+    the graph's identities and a read function (the target's fresh slot values)."""
+    values, ids, weights = {}, {}, []
     for path, shape, ident in specs:
         values[(path, "m")] = np.full(shape, fill, np.float32)
-        weights.append(TargetWeight(
+        ids[path] = ident
+        weights.append(osf.WeightEntry(
             path, shape, "float32", True,
-            {"structural": ident.structural, "structural_in": ident.structural_in,
-             "name": None, "weight_name": path.split("/", 1)[1]},
-            {"m": SlotTarget(shape, "float32", (path, "m"))}, (path, "value"), 0, ident))
-    return TargetState("sgd", "SGD", weights, {"iterations": SlotTarget((), "int64", "it")},
-                       read=lambda h: values[h])
+            slots={"m": Variable((path, "m"), shape, "float32")},
+            hints={"structural": ident.structural, "structural_in": ident.structural_in,
+                   "name": None, "weight_name": path.split("/", 1)[1]},
+            value=Variable((path, "value"), shape, "float32")))
+    target = osf.OptimizerState(osf.OptimizerInfo("sgd", "SGD"), weights=weights,
+                                globals={"iterations": Variable("it", (), "int64")})
+    return target, {"identities": ids, "read": lambda v: values[v.handle]}
 
 
 def test_inserted_layer_is_the_only_one_missing_and_every_other_slot_lands_on_its_layer():
     st = file_state(dense_chain([16, 32, 1], 6))
-    tgt = target_from(dense_chain([16, 32, 1], 6, insert_after=0, prefix="t"))
+    tgt, extra = target_from(dense_chain([16, 32, 1], 6, insert_after=0, prefix="t"))
     with pytest.raises(osf.MatchError) as e:
-        plan_import(st, tgt)
+        plan_import(st, tgt, **extra)
     assert sorted(e.value.report.missing) == ["t_new/bias", "t_new/kernel"]
     assert not e.value.report.unexpected
-    report, assigns = plan_import(st, tgt, strict=False)
+    report, assigns = plan_import(st, tgt, **extra, strict=False)
     got = as_dict(assigns)
     for layer in ("d0", "d1", "d2"):
         for w in ("kernel", "bias"):
@@ -226,8 +230,8 @@ def test_inserted_layer_is_the_only_one_missing_and_every_other_slot_lands_on_it
 
 def test_removed_layer_is_the_only_one_unexpected():
     st = file_state(dense_chain([16, 32, 1], 6, insert_after=0))
-    tgt = target_from(dense_chain([16, 32, 1], 6, prefix="t"))
-    report, assigns = plan_import(st, tgt, strict=False)
+    tgt, extra = target_from(dense_chain([16, 32, 1], 6, prefix="t"))
+    report, assigns = plan_import(st, tgt, **extra, strict=False)
     assert sorted(report.unexpected) == ["f_new/bias", "f_new/kernel"] and not report.missing
     np.testing.assert_array_equal(as_dict(assigns)[("t_d1/kernel", "m")],
                                   st.weight("f_d1/kernel").slots["m"])
@@ -235,16 +239,16 @@ def test_removed_layer_is_the_only_one_unexpected():
 
 def test_identical_layers_around_an_insertion_are_ambiguous_but_the_certain_pairs_are_named():
     st = file_state(dense_chain([8, 8, 8, 1], 8))
-    tgt = target_from(dense_chain([8, 8, 8, 1], 8, insert_after=1, prefix="t"))
+    tgt, extra = target_from(dense_chain([8, 8, 8, 1], 8, insert_after=1, prefix="t"))
     with pytest.raises(osf.MatchError) as e:
-        plan_import(st, tgt, strict=False)
+        plan_import(st, tgt, **extra, strict=False)
     amb = [p for p in e.value.problems if p.code == "E_MATCH_AMBIGUOUS"]
     assert sorted(p.path for p in amb) == ["f_d0/bias", "f_d1/bias", "f_d2/bias"]
     for name in ("t_d0/kernel", "t_d1/kernel", "t_new/kernel", "t_d2/kernel"):
         assert name in amb[0].message
     assert "t_d3" not in amb[0].message  # the last layer is certain in every alignment
     mapping = {f"f_{n}/{w}": f"t_{n}/{w}" for n in ("d0", "d1", "d2") for w in ("kernel", "bias")}
-    report, _ = plan_import(st, tgt, strict=False, mapping=mapping)
+    report, _ = plan_import(st, tgt, **extra, strict=False, mapping=mapping)
     assert sorted(report.missing) == ["t_new/bias", "t_new/kernel"]
     assert ("f_d3/kernel", "t_d3/kernel", "structure") in report.matched
 
@@ -253,8 +257,8 @@ def test_without_input_side_hints_matching_is_from_the_outputs_only():
     st = file_state(dense_chain([16, 32, 1], 6))
     for w in st.weights:
         w.hints.pop("structural_in")
-    tgt = target_from(dense_chain([16, 32, 1], 6, insert_after=0, prefix="t"))
-    report, _ = plan_import(st, tgt, strict=False)
+    tgt, extra = target_from(dense_chain([16, 32, 1], 6, insert_after=0, prefix="t"))
+    report, _ = plan_import(st, tgt, **extra, strict=False)
     assert {m[2] for m in report.matched} == {"structure"}
     # the 1.0 behaviour: the new layer takes the first layer's place (its kernel's shape differs)
     assert ("f_d0/bias", "t_new/bias", "structure") in report.matched
@@ -264,11 +268,11 @@ def test_resize_overlap_copies_the_shared_region_and_keeps_the_fresh_value_elsew
     specs = dense_chain([4, 3], 2)
     st = file_state(specs)
     grown = dense_chain([4, 5], 2, prefix="t")  # a head with more classes
-    tgt = target_from(grown, fill=0.5)  # a fresh optimizer's initial value (Adagrad-like)
+    tgt, extra = target_from(grown, fill=0.5)  # a fresh optimizer's initial value (Adagrad-like)
     with pytest.raises(osf.MatchError) as e:
-        plan_import(st, tgt)
+        plan_import(st, tgt, **extra)
     assert "E_MATCH_SHAPE" in str(e.value) and "resize='overlap'" in str(e.value)
-    report, assigns = plan_import(st, tgt, resize="overlap")
+    report, assigns = plan_import(st, tgt, **extra, resize="overlap")
     got = as_dict(assigns)
     k = got[("t_d1/kernel", "m")]
     assert k.shape == (4, 5)
@@ -283,14 +287,14 @@ def test_resize_overlap_copies_the_shared_region_and_keeps_the_fresh_value_elsew
 
 def test_resize_shrinks_and_refuses_a_changed_rank():
     st = file_state(dense_chain([4, 3], 2))
-    tgt = target_from(dense_chain([4, 2], 2, prefix="t"))
-    _, assigns = plan_import(st, tgt, resize="overlap")
+    tgt, extra = target_from(dense_chain([4, 2], 2, prefix="t"))
+    _, assigns = plan_import(st, tgt, **extra, resize="overlap")
     np.testing.assert_array_equal(as_dict(assigns)[("t_d1/kernel", "m")],
                                   st.weight("f_d1/kernel").slots["m"][:, :2])
     tgt.weights[-2].shape = (4, 3, 1)
-    tgt.weights[-2].slots["m"].shape = (4, 3, 1)
+    tgt.weights[-2].slots["m"] = Variable(("t_d1/kernel", "m"), (4, 3, 1), "float32")
     with pytest.raises(osf.MatchError) as e:
-        plan_import(st, tgt, resize="overlap")
+        plan_import(st, tgt, **extra, resize="overlap")
     assert "keeps the rank" in str(e.value)
     with pytest.raises(ValueError):
-        plan_import(st, tgt, resize="pad")
+        plan_import(st, tgt, **extra, resize="pad")

@@ -8,7 +8,7 @@ import pytest
 keras = pytest.importorskip("keras")
 
 import optstate_format as osf  # noqa: E402
-from optstate_format.converters import keras3 as conv  # noqa: E402
+from optstate_format import _api  # noqa: E402
 
 pytestmark = pytest.mark.framework
 
@@ -20,7 +20,8 @@ def adam_slots(model, var):
 
 
 def by_path(model):
-    return {vi.path: vi.var for vi, _ in conv.describe_model(model)}
+    return {w.path: w.variable.handle
+            for w in _api.adapter_for(model).describe_model(model).weights}
 
 
 def gpt2(vocabulary_size=64, max_sequence_length=32):
