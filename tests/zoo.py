@@ -101,8 +101,8 @@ def application_names():
 
 def cases(only=(), ci=False):
     """(name, family) of every case, in run order."""
-    out = [(n, "keras.applications") for n in application_names()]
-    out += [(n, "keras_hub") for n in HUB]
+    out = [(n, "keras_hub") for n in HUB]
+    out += [(n, "keras.applications") for n in application_names()]
     if ci:
         out = [c for c in out if c[0] in CI]
     if only:
@@ -234,9 +234,10 @@ def run_all(selected, out=sys.stdout):
                           detail=f"{type(e).__name__}: {str(e)[:300]}")
                 traceback.print_exc(file=sys.stderr)
             rows.append(row)
-            print(f"[zoo] {name}: {row.status} {row.slots_checked} slots "
-                  f"({time.perf_counter() - t:.0f} s, cpu {time.process_time():.0f} s, train "
-                  f"{row.train_s:.0f} s) {row.detail[:200]}", file=out, flush=True)
+            print(f"[zoo] {name} | {family} | {row.params:,} | {row.weights} | "
+                  f"{row.slots_checked} | {row.export_s:.2f} | {row.import_s:.2f} | {row.status}"
+                  f" | case {time.perf_counter() - t:.0f} s, train {row.train_s:.0f} s | "
+                  f"{row.detail[:300]}", file=out, flush=True)
     return rows
 
 
