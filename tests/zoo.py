@@ -71,6 +71,27 @@ HUB = {
                          hidden_dim=16, intermediate_dim=32),
     "DINOV2Backbone": dict(patch_size=4, num_layers=2, hidden_dim=16, num_heads=2,
                            intermediate_dim=32, image_shape=(16, 16, 3)),
+    "XLNetBackbone": dict(_TEXT, num_heads=2),
+    "ESM2Backbone": dict(_TEXT, num_heads=2, max_sequence_length=32),
+    "RoformerV2Backbone": dict(_TEXT, num_heads=2, head_size=8),
+    "Qwen3MoeBackbone": dict(_TEXT, num_query_heads=2, num_key_value_heads=1,
+                             moe_intermediate_dim=16, num_experts=2, head_dim=8, top_k=1),
+    "GptOssBackbone": dict(_TEXT, num_query_heads=2, num_key_value_heads=1, num_experts=2,
+                           top_k=1, head_dim=8),
+    "Gemma3Backbone": dict(_TEXT, image_size=None, num_query_heads=2, num_key_value_heads=1,
+                           head_dim=8),
+    "WhisperBackbone": dict(_TEXT, num_heads=2, num_mels=8, max_encoder_sequence_length=32,
+                            max_decoder_sequence_length=16),
+    "MiTBackbone": dict(layerwise_depths=[1, 1], num_layers=2, layerwise_num_heads=[1, 2],
+                        layerwise_sr_ratios=[2, 1], max_drop_path_rate=0.0,
+                        layerwise_patch_sizes=[3, 3], layerwise_strides=[2, 2],
+                        image_shape=(32, 32, 3), hidden_dims=[8, 16]),
+    "SwinTransformerBackbone": dict(image_shape=(32, 32, 3), embed_dim=8, depths=[1, 1],
+                                    num_heads=[1, 2], window_size=4, patch_size=2),
+    "DenseNetBackbone": dict(stackwise_num_repeats=[1, 1], image_shape=(32, 32, 3),
+                             growth_rate=8),
+    "VGGBackbone": dict(stackwise_num_repeats=[1, 1], stackwise_num_filters=[8, 16],
+                        image_shape=(32, 32, 3)),
     "ResNetBackbone": dict(input_conv_filters=[8], input_conv_kernel_sizes=[3],
                            stackwise_num_filters=[8, 16], stackwise_num_blocks=[1, 1],
                            stackwise_num_strides=[1, 2], block_type="basic_block",
@@ -123,11 +144,12 @@ def build(name, family, variant):
         import keras_hub
         model = getattr(keras_hub.models, name)(**HUB[name])
         x = hub_inputs(model, rng, seq=(8, 12)[variant])
-    seq = (8, 12)[variant]
-    y = keras.tree.map_structure(
-        lambda t: rng.standard_normal(tuple(2 if i == 0 else (seq if d is None else int(d))
-                                            for i, d in enumerate(t.shape))).astype("float32"),
-        model.output)
+    if family == "keras.applications":  # static shapes: no forward pass needed
+        shapes = keras.tree.map_structure(lambda t: (2,) + tuple(t.shape[1:]), model.output)
+    else:  # sequence models may downsample: the shapes of one forward pass
+        shapes = keras.tree.map_structure(lambda t: tuple(t.shape), model(x))
+    y = keras.tree.map_shape_structure(lambda s: rng.standard_normal(s).astype("float32"),
+                                       shapes)
     # one eager step: tracing a whole network into a graph would cost more than the step
     model.compile(keras.optimizers.Adam(1e-3), "mse", run_eagerly=True)
     return model, (x, y)
