@@ -92,8 +92,8 @@ HUB = {
                              growth_rate=8),
     "VGGBackbone": dict(stackwise_num_repeats=[1, 1], stackwise_num_filters=[8, 16],
                         image_shape=(32, 32, 3)),
-    "ResNetBackbone": dict(input_conv_filters=[8], input_conv_kernel_sizes=[3],
-                           stackwise_num_filters=[8, 16], stackwise_num_blocks=[1, 1],
+    "ResNetBackbone": dict(input_conv_filters=[64], input_conv_kernel_sizes=[3],
+                           stackwise_num_filters=[64, 64], stackwise_num_blocks=[1, 1],
                            stackwise_num_strides=[1, 2], block_type="basic_block",
                            image_shape=(None, None, 3)),
 }
