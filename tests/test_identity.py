@@ -286,3 +286,19 @@ def _inputs(ops, outputs, pads, order_seed):
 def test_input_identities_do_not_depend_on_build_order_or_inserted_dropout(dag, other_seed):
     ops, outputs, pads, seed = dag
     assert _inputs(ops, outputs, pads, other_seed) == _inputs(ops, outputs, [], seed)
+
+
+@settings(max_examples=50, deadline=None)
+@given(random_dag())
+def test_describe_identities_gives_the_same_output_side_identities_as_1_0(dag):
+    """Without generated names, ``structural`` is exactly what format 1.0 computed."""
+    ops, outputs, pads, seed = dag
+    b = Builder()
+    refs = {}
+    for i, (kind, args) in enumerate(ops):
+        ins = [("input", 0) if a < 0 else refs[a] for a in args]
+        refs[i] = b.call(f"L{i}", "Dense" if kind == "dense" else "Concatenate", ins,
+                         weights=kind == "dense")
+    g = b.graph([refs[o] for o in outputs])
+    assert {k: v.structural for k, v in describe_identities(g).items()
+            if v.structural is not None} == weight_identities(g)
