@@ -732,3 +732,56 @@ def test_every_matching_import_and_write_code_of_spec_section_11_is_asserted_by_
                       for p in sorted((ROOT_DIR / "tests").glob("test_*.py")))
     missing = [c for c in codes_ if not re.search(rf"[\"']{c}[\"']", tests)]
     assert missing == [], f"spec section 11 codes no test asserts: {missing}"
+
+
+def test_export_import_and_transfer_through_the_conductor_pass_every_option_on(monkeypatch,
+                                                                                tmp_path):
+    st = named_state()
+    ad = counting_model(st, monkeypatch)
+    ad.opt.step = 4
+    for w in st.weights:
+        for s, arr in w.slots.items():
+            ad.values[(w.path, s)] = arr.copy()
+    ad.values["iterations"] = np.array(4, np.int64)
+    path = _api.export_state(object(), tmp_path / "s.optstate", metadata={"run": "r1"},
+                             fsync=False)
+    saved = osf.read(path)
+    assert saved.metadata == {"run": "r1"} and saved.step == 4
+    assert all(w.value is None for w in saved.weights)
+    for h in list(ad.values):
+        ad.values[h] = np.zeros_like(ad.values[h])
+    report = _api.import_state(object(), path)
+    assert report.assigned == len(ad.assigned) == 7
+    np.testing.assert_array_equal(ad.values[(st.weights[2].path, "v")], st.weights[2].slots["v"])
+    a, b = st.weights[0].path, st.weights[1].path
+    with pytest.raises(MatchError) as e:  # the mapping reaches the plan: shapes then differ
+        _api.import_state(object(), path, mapping={a: b, b: a})
+    assert codes(e.value).count("E_MATCH_SHAPE") == 2
+    with pytest.raises(MatchError) as e:  # include_weights reaches the plan
+        _api.import_state(object(), path, include_weights=True)
+    assert codes(e.value) == ["E_MATCH_NO_VALUE"] * 3
+    assert _api.transfer_state(object(), object()).assigned == 7
+    full = _api.transfer_state(object(), object(), include_weights=True)
+    assert full.assigned == 10
+
+
+def test_rollback_false_reaches_the_journal_and_a_failure_says_the_import_is_partial(
+        monkeypatch, tmp_path):
+    st = named_state()
+    ad = counting_model(st, monkeypatch)
+    real, fail_at = ad.assign, [3]
+
+    def failing(handle, value):  # the third assignment of each import fails, once
+        if len(ad.assigned) + 1 == fail_at[0]:
+            fail_at[0] = -1
+            raise RuntimeError("device")
+        real(handle, value)
+    ad.assign = failing
+    with pytest.raises(OptStateError) as e:
+        _api.apply_state(object(), st, rollback=False)
+    assert e.value.code == "E_ASSIGN" and "partly updated" in str(e.value)
+    ad.assigned, fail_at[0] = [], 3
+    with pytest.raises(OptStateError) as e:
+        _api.apply_state(object(), st)
+    assert e.value.code == "E_ASSIGN" and "every variable already assigned was restored" in str(
+        e.value)
