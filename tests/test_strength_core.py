@@ -431,12 +431,14 @@ class CountingAdapter(BaseAdapter):
 
     def __init__(self, desc, opt):
         self.desc, self.opt, self.assigned = desc, opt, []
-        self.values = {}
+        self.values, self.described = {}, []
 
     def describe_model(self, model):
+        self.described.append(("model", model))
         return self.desc
 
     def describe_optimizer(self, model, optimizer, *, create):
+        self.described.append(("optimizer", model, optimizer, create))
         return self.opt
 
     def read(self, handle):
@@ -514,6 +516,10 @@ def test_transfer_between_two_described_models_copies_every_slot(monkeypatch):
     np.testing.assert_array_equal(src.weights[1].slots["v"], st.weights[1].slots["v"])
     assert int(src.globals["iterations"]) == 7
     assert all(w.value is None for w in src.weights)
+    assert ad.described[-1][3] is False  # exporting never creates optimizer state
+    marker = object()
+    _api.source_state(marker, optimizer="opt")
+    assert ad.described[-2:] == [("model", marker), ("optimizer", marker, "opt", False)]
     lazy = _api.source_state(object(), include_weights=True)
     assert isinstance(lazy.weights[0].value, osf.LazyTensor)
     np.testing.assert_array_equal(np.asarray(lazy.weights[0].slots["m"]), st.weights[0].slots["m"])
@@ -526,6 +532,7 @@ def test_a_model_with_two_weights_on_one_path_is_unsupported(monkeypatch):
     with pytest.raises(UnsupportedError) as e:
         _api.apply_state(object(), st)
     assert e.value.code == "E_UNSUPPORTED" and e.value.path == st.weights[0].path
+    assert "give the layers distinct names" in str(e.value)
     assert ad.assigned == []
 
 
@@ -666,7 +673,7 @@ def test_paths_at_the_limits_are_accepted_and_names_follow_their_pattern():
     assert _paths.path_problem("a/" * 63 + "b") is None
     assert _paths.path_problem("x" * 1024) is None
     assert _paths.sanitize_segment("a/b:c") == "a_b_c" and _paths.sanitize_segment("..") == "_.."
-    assert _paths.sanitize_segment("") == "_"
+    assert _paths.sanitize_segment("") == "_" and _paths.sanitize_segment(".") == "_."
     assert (_paths.slot_key("d/k", "m"), _paths.value_key("d/k"), _paths.global_key("it")) == (
         "slot:d/k:m", "weight:d/k", "global:it")
     _paths.check_name("x" * 128, "slot")
@@ -692,10 +699,13 @@ def test_slot_shape_rules_follow_the_spec_table():
 def test_framework_tables_name_what_the_registry_lacks():
     from optstate_format._registry import FrameworkNames
     t = FrameworkNames("x", "X", {"adam": "Adam", "nope": "Nope"},
-                       {"adam": {"_m": "m", "_q": "q"}}, {"_ema": "ema"},
-                       {"adam": {"u": "u_product"}, "nadam": {"u": "u_product"}})
-    assert sorted(t.problems()) == ["x: adam has no global 'u_product'",
-                                    "x: adam has no slot 'q'", "x: unknown algorithm 'nope'"]
+                       {"adam": {"_m": "m", "_q": "q"}, "bogus": {"_m": "m"}}, {"_ema": "ema"},
+                       {"adam": {"u": "u_product"}, "nadam": {"u": "u_product"},
+                        "ghost": {"g": "g"}})
+    assert sorted(t.problems()) == [
+        "x: adam has no global 'u_product'", "x: adam has no slot 'q'",
+        "x: unknown algorithm 'bogus'", "x: unknown algorithm 'ghost'",
+        "x: unknown algorithm 'nope'"]
     assert t.algorithm_for_class("Nope") == "nope" and t.algorithm_for_class("Z") is None
     assert t.slot_names("adam") == {"_ema": "ema", "_m": "m", "_q": "q"}
     assert t.framework_name("adam", "ema") == "_ema" and t.framework_name("adam", "v") is None
@@ -760,7 +770,10 @@ def test_export_import_and_transfer_through_the_conductor_pass_every_option_on(m
     with pytest.raises(MatchError) as e:  # include_weights reaches the plan
         _api.import_state(object(), path, include_weights=True)
     assert codes(e.value) == ["E_MATCH_NO_VALUE"] * 3
+    assert [d[0] for d in ad.described[-2:]] == ["model", "optimizer"]
+    assert ad.described[-1][3] is True  # the target's optimizer may create its slots
     assert _api.transfer_state(object(), object()).assigned == 7
+    assert [d[3] for d in ad.described if d[0] == "optimizer"][-2:] == [False, True]
     full = _api.transfer_state(object(), object(), include_weights=True)
     assert full.assigned == 10
 
@@ -781,7 +794,39 @@ def test_rollback_false_reaches_the_journal_and_a_failure_says_the_import_is_par
         _api.apply_state(object(), st, rollback=False)
     assert e.value.code == "E_ASSIGN" and "partly updated" in str(e.value)
     ad.assigned, fail_at[0] = [], 3
+    for h in ad.values:
+        ad.values[h] = np.zeros_like(ad.values[h])
+    shapes = {h: v.shape for h, v in ad.values.items()}
     with pytest.raises(OptStateError) as e:
         _api.apply_state(object(), st)
     assert e.value.code == "E_ASSIGN" and "every variable already assigned was restored" in str(
         e.value)
+    # the variables were all zeros (kept as one repeated value): each comes back whole
+    assert {h: v.shape for h, v in ad.values.items()} == shapes
+    assert not any(np.any(v) for v in ad.values.values())
+    # a restore failing twice names the error and how many variables may differ
+    fail_at[0] = 1
+
+    def broken_restore(handle, snapshot):
+        raise RuntimeError("gone")
+    ad.restore, ad.assigned = broken_restore, []
+    with pytest.raises(OptStateError) as e:
+        _api.apply_state(object(), st)
+    assert e.value.code == "E_ROLLBACK"
+    assert "1 of 1 variables could not be restored (RuntimeError: gone)" in str(e.value)
+
+
+def test_a_model_weight_without_slots_is_listed_in_the_target_and_kept_by_component(
+        monkeypatch):
+    st = named_state(n_weights=2)
+    ad = counting_model(st, monkeypatch)
+    ad.desc.weights.append(ModelWeight("norm/mean", Variable("mean", (3,), "float32"), False,
+                                       named=True))
+    ad.values["mean"] = np.zeros(3, np.float32)
+    ad.opt.slots[1].component = 1
+    src = _api.source_state(object(), materialize=True)
+    assert [w.path for w in src.weights] == [w.path for w in st.weights]  # slotless: not kept
+    assert [w.component for w in src.weights] == [0, 1]
+    full = _api.source_state(object(), include_weights=True, materialize=True)
+    assert [w.path for w in full.weights][-1] == "norm/mean" and full.weights[-1].slots == {}
+    np.testing.assert_array_equal(full.weights[-1].value, np.zeros(3, np.float32))
