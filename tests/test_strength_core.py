@@ -830,3 +830,16 @@ def test_a_model_weight_without_slots_is_listed_in_the_target_and_kept_by_compon
     full = _api.source_state(object(), include_weights=True, materialize=True)
     assert [w.path for w in full.weights][-1] == "norm/mean" and full.weights[-1].slots == {}
     np.testing.assert_array_equal(full.weights[-1].value, np.zeros(3, np.float32))
+
+
+def test_an_inner_optimizer_keeping_no_slots_in_the_target_is_still_checked_for_its_algorithm():
+    # the file's inner optimizer 1 is Adam for weight 1; the target's inner optimizer 1 for the
+    # same weight is plain SGD, which keeps no slots: refused as another algorithm, strict or not
+    st, tgt = multi_state([0, 1], [0, 1])
+    tgt.optimizer.components = [{"algorithm": "adam", "class_name": "Adam"},
+                                {"algorithm": "sgd", "class_name": "SGD"}]
+    tgt.weights[1].slots = {}
+    with pytest.raises(MatchError) as e:
+        plan_import(st, tgt, strict=False)
+    assert codes(e.value) == ["E_MATCH_ALGORITHM"]
+    assert "target's inner optimizer 1 for the same weights is 'sgd'" in str(e.value)
