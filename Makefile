@@ -8,7 +8,7 @@ OLD_VENV  := .venv-oldest
 OLD_STAMP := $(OLD_VENV)/.installed-stamp
 OLDEST    := 'tensorflow==2.20.*' 'keras==3.12.*' 'tf-keras==2.20.*'
 
-.PHONY: setup demo demo-torch test test-core test-oldest bench conformance zoo clean
+.PHONY: setup demo demo-torch test test-core test-oldest mutate bench conformance zoo clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,15 @@ test-oldest: $(OLD_STAMP)
 
 test-core: $(STAMP)
 	$(BIN)/python -m pytest -m "not framework"
+
+# Mutation testing of the core matching/journal/identity/paths/registry/conductor modules
+# against the framework-free tests ([tool.mutmut] in pyproject.toml; docs/mutation.md). Slow:
+# not part of `make test`. MUTATE_JOBS sets the parallel workers.
+MUTATE_JOBS ?= 2
+mutate: $(STAMP)
+	rm -rf mutants
+	nice -n 10 $(BIN)/python -m mutmut run --max-children $(MUTATE_JOBS)
+	$(BIN)/python -m mutmut results
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_io.py
