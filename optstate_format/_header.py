@@ -197,7 +197,7 @@ def _learning_rate(lr, where):
     if not lr:
         return  # {}: not recorded (spec 4.1)
     kind = lr.get("kind")
-    if kind not in LEARNING_RATE_KINDS:
+    if type(kind) is not str or kind not in LEARNING_RATE_KINDS:
         _fail(f"{where}.kind is {_short(kind)}; expected one of "
               f"{sorted(LEARNING_RATE_KINDS)} (spec 4.1), or an empty map.", "E_SCHEMA")
     for field, types in LEARNING_RATE_KINDS[kind].items():
