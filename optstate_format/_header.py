@@ -140,6 +140,12 @@ def decode(raw) -> dict:
     except msgpack.ExtraData:
         _fail("the header document is followed by extra bytes inside its tensor; it MUST be "
               "exactly one msgpack map (spec 4).", "E_HEADER_FORM")
+    except ValueError as e:
+        if "exceeds max_array_len" in str(e) or "exceeds max_map_len" in str(e):
+            _fail(f"the header document declares an array or map of more than {MAX_DOC_VALUES} "
+                  "values; a reader refuses it before it fills memory.", "E_LIMIT")
+        _fail(f"header document is not valid msgpack ({type(e).__name__}: "
+              f"{str(e)[:100] or 'undecodable bytes'}).", "E_HEADER_DECODE")
     except Exception as e:  # msgpack raises several unrelated types on bad input
         _fail(f"header document is not valid msgpack ({type(e).__name__}: "
               f"{str(e)[:100] or 'undecodable bytes'}).", "E_HEADER_DECODE")
