@@ -230,11 +230,25 @@ def _optimizer_fields(opt, where, *, top):
     return algorithm
 
 
+def _first_ref(doc, key):
+    for name, k in doc["globals"].items():
+        if k == key:
+            return f"global {name!r}"
+    for i, w in enumerate(doc["weights"]):  # the first naming comes before the repeat,
+        slots = w.get("slots") if type(w) is dict else None  # among entries already checked
+        for sname, k in (slots.items() if type(slots) is dict else ()):
+            if k == key:
+                return f"weights[{i}].slots.{sname}"
+        if type(w) is dict and w.get("value") == key:
+            return f"weights[{i}].value"
+    return "another reference"  # pragma: no cover - validate() found one
+
+
 def validate(doc, tensors, version) -> None:
     """Check a header document against spec sections 4, 5, 7.2; raise on the first problem.
 
     ``tensors`` maps each tensor key of the container (``optstate:header`` may be among
-    them) to ``(dtype name, shape)``; ``version`` is the ``(major, minor)`` of the
+    them) to a tuple that starts ``(dtype name, shape, ...)``; ``version`` is the ``(major, minor)`` of the
     container metadata. Raises :class:`FormatError` with the rule's code.
 
     >>> validate({"format": "optstate"}, {}, (1, 0))
@@ -274,7 +288,7 @@ def validate(doc, tensors, version) -> None:
     if "metadata" in doc:
         _str_map(doc["metadata"], "header.metadata")
 
-    referenced = {}
+    referenced = set()  # where a key was named is looked up again only to report a repeat
 
     def ref(key, where, path=None):
         if type(key) is not str:
@@ -284,14 +298,14 @@ def validate(doc, tensors, version) -> None:
             _fail(f"{where} refers to tensor {key!r}, which the file does not contain.",
                   "E_DANGLING_KEY", key=key)
         if key in referenced:
-            _fail(f"{where} refers to tensor {key!r}, already named by {referenced[key]}; each "
-                  "tensor is named once (spec 4.3).", "E_DUPLICATE_KEY", key=key)
-        referenced[key] = where
+            _fail(f"{where} refers to tensor {key!r}, already named by {_first_ref(doc, key)}; "
+                  "each tensor is named once (spec 4.3).", "E_DUPLICATE_KEY", key=key)
+        referenced.add(key)
         return tensors[key]
 
     for name, key in globals_.items():
         check_name(name, "global")
-        ref(key, f"global {name!r}")
+        ref(key, "global " + repr(name))
     seen = {}
     for i, w in enumerate(weights):
         where = f"weights[{i}]"
@@ -333,7 +347,7 @@ def validate(doc, tensors, version) -> None:
                   "E_SCHEMA", path=path)
         for sname, key in slots.items():
             check_name(sname, "slot")
-            _, sshape = ref(key, f"{where}.slots.{sname}", path)
+            sshape = ref(key, f"{where}.slots.{sname}", path)[1]
             rule = _registry.slot_rule(alg, sname)
             expected = _registry.slot_shape(rule, shape)
             if expected is not None and tuple(sshape) != tuple(expected):
@@ -342,7 +356,7 @@ def validate(doc, tensors, version) -> None:
                       "E_SLOT_SHAPE", path=path)
         vkey = _opt(w, "value", (str, type(None)), where)
         if vkey is not None:
-            vname, vshape = ref(vkey, f"{where}.value", path)
+            vname, vshape = ref(vkey, f"{where}.value", path)[:2]
             if list(vshape) != shape or vname != dtype:
                 _fail(f"weight value is {vname}{list(vshape)}, expected {dtype}{shape} as its "
                       "entry says.", "E_VALUE_SHAPE", path=path)

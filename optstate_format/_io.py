@@ -166,7 +166,7 @@ def _plan(state: OptimizerState):
     # Checksums are known only once the bytes are written; validate with placeholders.
     doc["checksums"] = {key: 0 for key in table}
     _header.validate(doc, table, CURRENT_VERSION)
-    _check_table_limits([(dtype, shape) for dtype, shape in table.values()])
+    _check_empty_tensors(sum(1 for _, shape in table.values() if 0 in shape), len(table))
     # Data tensors sorted by (itemsize desc, key): every offset stays aligned.
     tensors.sort(key=lambda t: (-_dtypes.itemsize(t[1]), t[0]))
     return doc, tensors
@@ -705,17 +705,19 @@ def _check_identity(meta):
     return version
 
 
-def _check_table_limits(described):
-    """Limits over (dtype name, shape) pairs that keep memory proportional to real data."""
-    empty = sum(1 for name, shape in described if 0 in shape)
-    if empty > MAX_EMPTY_TENSORS + (len(described) - empty):
-        _fail(f"{empty} of the {len(described)} tensors hold no data; at most "
+def _check_empty_tensors(empty, total):
+    """At most MAX_EMPTY_TENSORS zero-byte tensors plus one per tensor that holds data."""
+    if empty > MAX_EMPTY_TENSORS + (total - empty):
+        _fail(f"{empty} of the {total} tensors hold no data; at most "
               f"{MAX_EMPTY_TENSORS} plus one per tensor that holds data are allowed.", "E_LIMIT")
 
 
 def _check_table(entries, data_len):
-    """Dtypes, shapes, offsets and tiling of the container's tensors (spec 3.2, 6, 9.3)."""
-    tensors, spans = {}, []
+    """Dtypes, shapes, offsets and tiling of the container's tensors (spec 3.2, 6, 9.3).
+
+    Returns ``entries`` itself, each value now (dtype name, shape, begin, end): a table of a
+    million tensors is not held twice."""
+    empty = 0
     names, sizes = _dtypes.CODE_TO_NAME, {n: v[2] for n, v in _dtypes.DTYPES.items()}
     max_rank, max_elements = _header.MAX_RANK, _header.MAX_ELEMENTS
     for key, (code, shape, start, end) in entries.items():
@@ -734,12 +736,12 @@ def _check_table(entries, data_len):
         if end > data_len:
             _fail(f"data_offsets end at {end}, past the {data_len}-byte data buffer: "
                   "the file is truncated.", "E_TRUNCATED", key=key)
-        tensors[key] = (name, shape, start, end)
-        spans.append((start, end, key))
-    _check_table_limits([(t[0], t[1]) for k, t in tensors.items() if k != HEADER_KEY])
-    spans.sort()
+        entries[key] = (name, shape, start, end)
+        empty += count == 0 and key != HEADER_KEY
+    _check_empty_tensors(empty, len(entries) - (HEADER_KEY in entries))
     pos = 0
-    for start, end, key in spans:
+    for key in sorted(entries, key=lambda k: entries[k][2:]):
+        start, end = entries[key][2:]
         if start != pos:
             kind = "overlaps the previous tensor" if start < pos else "leaves a gap"
             _fail(f"tensor starts at byte {start} but the previous one ends at {pos}: it "
@@ -749,7 +751,7 @@ def _check_table(entries, data_len):
     if pos != data_len:
         _fail(f"tensors cover {pos} bytes but the data buffer has {data_len}: "
               "trailing bytes or truncation.", "E_OFFSETS")
-    return tensors
+    return entries
 
 
 _HUGE = 2 * 1024 * 1024
@@ -803,8 +805,7 @@ class _Container:
         self.tensors = _check_table(entries, self.data_len)
         del entries
         self.doc = self._read_doc()
-        _header.validate(self.doc, {k: (t[0], t[1]) for k, t in self.tensors.items()},
-                         self.version)
+        _header.validate(self.doc, self.tensors, self.version)
 
     def _read_doc(self):
         meta = self.metadata
@@ -860,22 +861,27 @@ class _Container:
         return [(key, self._finish(key, name, arr, verify, crc))]
 
     def read_run(self, keys, begin, end, verify):
-        """Small tensors that lie back to back: one read, then each copied into its own array
-        and checksummed there (thousands of scalars cost one system call, not thousands)."""
+        """Small tensors that lie back to back: one read into private memory, each tensor's
+        crc32 over its bytes there, then each copied into its own array (thousands of scalars
+        cost one system call, not thousands)."""
         scratch = bytearray(end - begin)
         if scratch:
             self.file.read_into(memoryview(scratch), self.data_start + begin,
                                 what=f"tensor {keys[0]!r} and the {len(keys) - 1} after it")
-        out = []
+        view, sums, out, types = memoryview(scratch), self.doc["checksums"], [], {}
         for key in keys:
             name, shape, start, stop = self.tensors[key]
-            dt = self._dtype(name)
+            dt = types.get(name) or types.setdefault(name, self._dtype(name))
             if stop > start:
+                if verify and crc32(view[start - begin:stop - begin]) != sums[key]:
+                    raise IntegrityError(f"tensor {key!r} does not match its crc32: its bytes "
+                                         "are damaged. Restore the file from a copy.",
+                                         code="E_CHECKSUM", key=key)
                 arr = np.frombuffer(scratch, dt, (stop - start) // dt.itemsize,
                                     start - begin).reshape(shape).copy()
             else:
                 arr = np.empty(shape, dt)
-            out.append((key, self._finish(key, name, arr, verify)))
+            out.append((key, self._finish(key, name, arr, False) if name == "bool" else arr))
         return out
 
     def read_all(self, verify):
