@@ -177,3 +177,12 @@ def test_the_writer_refuses_nfc_duplicates_with_the_readers_code(tmp_path):
     with pytest.raises(osf.FormatError) as e:
         osf.write(st, tmp_path / "w.optstate")
     assert e.value.code == "E_DUPLICATE_PATH"
+
+
+def test_the_examples_in_the_header_and_cli_docstrings_run():
+    import doctest
+
+    from optstate_format import cli
+    for module in (_header, cli):
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert result.attempted >= 1 and result.failed == 0, module.__name__
