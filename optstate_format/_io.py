@@ -100,7 +100,7 @@ def _canonical(obj, where="header"):
 
 def _tensor_meta(source):
     if isinstance(source, LazyTensor):
-        return tuple(source.shape), source.dtype
+        return tuple(source.shape), _dtypes.name_of(source.dtype)
     arr = np.asarray(source)
     return tuple(arr.shape), _dtypes.name_of(arr.dtype)
 
