@@ -625,6 +625,9 @@ def _parse_table(raw: bytes):
         pos = sep.end()
     else:
         fast_sorted, fast_declared = (r.match for r in _FAST_RES)
+        # One object per dtype code and per shape text: a million tensors of a few shapes
+        # then hold a few shape tuples, not a million.
+        codes, shapes = {c: c for c in _dtypes.CODE_TO_NAME}, {}
         while True:
             m = fast_sorted(text, pos) or fast_declared(text, pos)
             if m:
@@ -636,8 +639,12 @@ def _parse_table(raw: bytes):
                         _fail(f"the container header names the tensor {key!r} twice; a JSON "
                               "key MUST NOT appear twice (spec 3.2).", "E_DUPLICATE_KEY",
                               key=key)
-                    entries[key] = (t, tuple(map(int, sh.split(","))) if sh else (), int(b),
-                                    int(e))
+                    shape = shapes.get(sh)
+                    if shape is None:
+                        shape = tuple(map(int, sh.split(","))) if sh else ()
+                        if len(shapes) < 4096:
+                            shapes[sh] = shape
+                    entries[key] = (codes.get(t, t), shape, int(b), int(e))
                     if len(entries) > MAX_TENSORS:
                         _fail(f"more than {MAX_TENSORS} tensors; the limit is {MAX_TENSORS}.",
                               "E_LIMIT")
