@@ -46,9 +46,17 @@ def check(path) -> CheckReport:
     'E_IO'
     """
     try:
-        state = read(path, verify=True)
+        return _check(path)
     except OptStateError as e:
         return CheckReport(str(path), False, e.code, e.msg)
+    except Exception as e:  # never raise for a bad file: a foreign error is a bug, reported
+        return CheckReport(str(path), False, "E_FORMAT",
+                           f"unexpected {type(e).__name__} while checking ({str(e)[:120]}); "
+                           "this is a checker bug: please report it with the file.")
+
+
+def _check(path):
+    state = read(path, verify=True)
     rep = CheckReport(str(path), True)
     n = len(state.globals)
     for w in state.weights:

@@ -8,7 +8,7 @@ from ._errors import FormatError
 
 MAX_PATH_LEN = 1024
 MAX_SEGMENTS = 64
-_FORBIDDEN = re.compile(r"[/:#\x00-\x1f\x7f]")
+_FORBIDDEN = re.compile(r"[/:#\x00-\x1f\x7f-\x9f]")  # C0, DEL, C1 (spec 5.1)
 NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
 HEADER_KEY = "optstate:header"
 
@@ -41,7 +41,8 @@ def check_path(path, *, code="E_PATH"):
     problem = path_problem(path)
     if problem:
         raise FormatError(f"{path!r} is not a canonical weight path: {problem}. Paths are "
-                          "'/'-separated segments without ':', '#' or control characters.",
+                          "'/'-separated segments without ':', '#' or control characters "
+                          "(C0, DEL, C1).",
                           code=code, path=path if isinstance(path, str) else None)
 
 

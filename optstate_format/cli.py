@@ -24,6 +24,36 @@ from ._errors import OptStateError
 from ._io import read
 
 
+def _shown(text) -> str:
+    r"""``text`` with every character a terminal could act on escaped (C0 and C1 controls,
+    ESC, DEL, bidirectional and other format characters, lone surrogates): names come
+    from files, and a file must not be able to clear the screen or retitle the window.
+
+    >>> _shown("Adam\x1b]0;owned\x07\u202e")
+    'Adam\\x1b]0;owned\\x07\\u202e'
+    """
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else
+                   f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else
+                   f"\\u{ord(ch):04x}" if ord(ch) < 0x10000 else f"\\U{ord(ch):08x}"
+                   for ch in text)
+
+
+def _out(text="", file=None):
+    """Print ``text`` as one line, escaped (see :func:`_shown`): a newline inside a name
+    cannot start a forged line either."""
+    file = file or sys.stdout
+    line = _shown(text)
+    enc = getattr(file, "encoding", None) or "utf-8"
+    try:
+        line.encode(enc)
+    except (UnicodeEncodeError, LookupError):
+        line = line.encode(enc, "backslashreplace").decode(enc, "replace")
+    print(line, file=file)
+
+
 def _fmt_bytes(n):
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
@@ -40,27 +70,27 @@ def cmd_inspect(args):
     state = read(args.file, verify=not args.no_verify)
     summary = _summary(state)
     if args.json:
-        print(json.dumps(summary, indent=2, sort_keys=True))
+        print(json.dumps(summary, indent=2, sort_keys=True))  # ensure_ascii: escapes all
         return 0
     opt = state.optimizer
-    print(f"file          {args.file}")
-    print(f"format        optstate {state.version}")
+    _out(f"file          {args.file}")
+    _out(f"format        optstate {state.version}")
     prod = state.producer
-    print(f"producer      {prod.get('library', '?')} {prod.get('library_version', '')}; "
+    _out(f"producer      {prod.get('library', '?')} {prod.get('library_version', '')}; "
           f"{prod.get('framework', '?')} {prod.get('framework_version', '')}")
-    print(f"optimizer     {opt.class_name} (algorithm {opt.algorithm})"
+    _out(f"optimizer     {opt.class_name} (algorithm {opt.algorithm})"
           + "".join(f" in {w.get('class_name')}" for w in opt.wrappers))
     for i, comp in enumerate(opt.components):
         owned = sum(1 for w in state.weights if w.component == i)
-        print(f"component {i}   {comp.get('class_name')} (algorithm {comp.get('algorithm')}), "
+        _out(f"component {i}   {comp.get('class_name')} (algorithm {comp.get('algorithm')}), "
               f"{owned} weights, learning rate {json.dumps(comp.get('learning_rate', {}))}")
-    print(f"learning rate {json.dumps(opt.learning_rate, sort_keys=True)}")
+    _out(f"learning rate {json.dumps(opt.learning_rate, sort_keys=True)}")
     hp = ", ".join(f"{k}={v!r}" for k, v in sorted(opt.hyperparameters.items()) if v is not None)
-    print(f"hyperparams   {hp}")
-    print(f"step          {state.step}")
+    _out(f"hyperparams   {hp}")
+    _out(f"step          {state.step}")
     for k, v in sorted(state.globals.items()):
         val = v.tolist() if v.size == 1 else f"{list(v.shape)}"
-        print(f"global        {k} = {val} ({_dtype_of(v)})")
+        _out(f"global        {k} = {val} ({_dtype_of(v)})")
     rows = [("path", "shape", "dtype", "slots", "bytes")]
     total = 0
     for w in state.weights:
@@ -68,14 +98,14 @@ def cmd_inspect(args):
             _nbytes(w.value) if w.value is not None else 0)
         total += size
         slots = ",".join(sorted(w.slots)) + ("+value" if w.value is not None else "")
-        rows.append((w.path, "x".join(map(str, w.shape)) or "scalar", w.dtype, slots or "-",
-                     _fmt_bytes(size)))
+        rows.append((_shown(w.path), "x".join(map(str, w.shape)) or "scalar", w.dtype,
+                     slots or "-", _fmt_bytes(size)))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     for i, r in enumerate(rows):
-        print("  ".join(c.ljust(widths[j]) for j, c in enumerate(r)).rstrip())
+        _out("  ".join(c.ljust(widths[j]) for j, c in enumerate(r)).rstrip())
         if i == 0:
-            print("  ".join("-" * w for w in widths))
-    print(f"{len(state.weights)} weights, {_fmt_bytes(total)} of tensors")
+            _out("  ".join("-" * w for w in widths))
+    _out(f"{len(state.weights)} weights, {_fmt_bytes(total)} of tensors")
     return 0
 
 
@@ -85,7 +115,8 @@ def cmd_check(args):
         print(json.dumps({"path": rep.path, "valid": rep.valid, "code": rep.code,
                           "message": rep.message, "warnings": rep.warnings}, indent=2))
     else:
-        print(rep)
+        for line in str(rep).split("\n"):  # message and warnings quote names with repr()
+            _out(line)
     return 0 if rep.valid else 1
 
 
@@ -148,8 +179,8 @@ def cmd_diff(args):
             else:
                 same += 1
     for line in lines:
-        print(line)
-    print(f"{same} tensors equal, {differ} differences")
+        _out(line)
+    _out(f"{same} tensors equal, {differ} differences")
     return 1 if differ else 0
 
 
@@ -271,7 +302,8 @@ def main(argv=None):
     try:
         return args.func(args)
     except OptStateError as e:
-        print(f"optstate {args.command}: {e}", file=sys.stderr)
+        for line in f"optstate {args.command}: {e}".split("\n"):
+            _out(line, file=sys.stderr)
         return 1 if args.command in ("check", "diff", "inspect") else 2
 
 

@@ -143,7 +143,11 @@ def _split(raw: bytes):
 
 
 def _join(table, data: bytes) -> bytes:
-    body = json.dumps(table, sort_keys=True, separators=(",", ":")).encode()
+    return _join_text(json.dumps(table, sort_keys=True, separators=(",", ":")), data)
+
+
+def _join_text(text: str, data: bytes) -> bytes:
+    body = text.encode()
     body += b" " * ((-(8 + len(body))) % 8)
     return struct.pack("<Q", len(body)) + body + data
 
@@ -237,7 +241,86 @@ def invalid_cases(base: bytes):
     cases["missing_required_field"] = (_rewrite_doc(base, no_step), "E_SCHEMA", "FormatError")
     cases["not_safetensors"] = (b"PK\x03\x04 this is a zip file, not optstate",
                                 "E_HEADER_BOUNDS", "FormatError")
+    cases["text_file"] = (b"# A README\n\nplain text, whose first 8 bytes read as a header "
+                          b"length of 7 quintillion\n", "E_HEADER_BOUNDS", "FormatError")
+    # --- container (spec 3) ---
+    cases["trailing_byte"] = (_join(table, data + b"\0"), "E_OFFSETS", "FormatError")
+    text = json.dumps(table, sort_keys=True, separators=(",", ":"))
+    entry = '"global:iterations":' + json.dumps(table["global:iterations"],
+                                                separators=(",", ":"))
+    cases["tensor_named_twice"] = (_join_text(text.replace(entry, entry + "," + entry), data),
+                                   "E_DUPLICATE_KEY", "FormatError")
+    t = json.loads(json.dumps(table))
+    t["__metadata__"]["optstate.version"] = "2.0"
+    t[key]["dtype"] = "F8_E4M3"
+    t[key]["shape"] = [16]
+    cases["fp8_in_version_2"] = (_join(t, data), "E_VERSION", "VersionError")
+    t = json.loads(json.dumps(table))
+    t["__metadata__"] = {"format": "pt"}
+    t[key]["dtype"] = "F8_E4M3"
+    t[key]["shape"] = [16]
+    cases["plain_safetensors_fp8"] = (_join(t, data), "E_NOT_OPTSTATE", "FormatError")
+    t = json.loads(json.dumps(table))
+    t["global:iterations"]["shape"] = [0, 2 ** 40, 2 ** 40]
+    s, e = t["global:iterations"]["data_offsets"]
+    t["global:iterations"]["data_offsets"] = [s, s]
+    cases["zero_elements_huge_dims"] = (_join(t, data), "E_LIMIT", "FormatError")
+    # --- header document (spec 4) ---
+    doc_blob = data[hs:he]
+    cases["msgpack_repeated_key"] = (_replace_header_blob(
+        json.loads(json.dumps(table)), data,
+        bytes([doc_blob[0] + 1]) + doc_blob[1:] + msgpack.packb("step") + msgpack.packb(9)),
+        "E_HEADER_FORM", "FormatError")
+
+    def ext(doc):
+        doc["optimizer"]["hyperparameters"]["when"] = msgpack.Timestamp(1, 0)
+    cases["msgpack_ext_type"] = (_rewrite_doc(base, ext), "E_HEADER_FORM", "FormatError")
+
+    def binary(doc):
+        doc["optimizer"]["hyperparameters"]["blob"] = b"\x00\x01"
+    cases["msgpack_bin_value"] = (_rewrite_doc(base, binary), "E_HEADER_FORM", "FormatError")
+
+    def evil_lr(doc):
+        doc["optimizer"]["learning_rate"] = {"kind": "evil"}
+    cases["learning_rate_unknown_kind"] = (_rewrite_doc(base, evil_lr), "E_SCHEMA",
+                                           "FormatError")
+
+    def nfc(doc):
+        w = dict(doc["weights"][0])
+        doc["weights"][0]["path"] = "caf\u00e9/kernel"
+        w["path"] = "cafe\u0301/kernel"
+        w["slots"] = {}
+        doc["weights"].append(w)
+    cases["paths_equal_after_nfc"] = (_rewrite_doc(base, nfc), "E_DUPLICATE_PATH",
+                                      "FormatError")
+
+    def forget(doc):
+        del doc["globals"]["iterations"]
+    cases["unreferenced_tensor"] = (_rewrite_doc(base, forget), "E_UNREFERENCED",
+                                    "FormatError")
+
+    def twice(doc):
+        doc["globals"]["again"] = "global:iterations"
+    cases["tensor_referenced_twice"] = (_rewrite_doc(base, twice), "E_DUPLICATE_KEY",
+                                        "FormatError")
+    # --- data (spec 6) ---
+    cases["bool_byte_2"] = (_bool_byte_2(), "E_BOOL_VALUE", "FormatError")
     return cases
+
+
+def _bool_byte_2() -> bytes:
+    """A valid file with a BOOL global, one of whose bytes is then 2 (checksum refreshed)."""
+    state = valid_states()["minimal_sgd"]
+    state.globals["flags"] = np.array([True, False, True])
+    with tempfile.TemporaryDirectory() as d:
+        raw = write(state, Path(d) / "b.optstate", fsync=False).read_bytes()
+    table, data = _split(raw)
+    s, e = table["global:flags"]["data_offsets"]
+    data = data[:s] + b"\x01\x00\x02" + data[e:]
+
+    def fix(doc):
+        doc["checksums"]["global:flags"] = zlib.crc32(data[s:e])
+    return _rewrite_doc(_join(table, data), fix)
 
 
 def newer_minor(base: bytes) -> bytes:

@@ -59,7 +59,8 @@ def test_invalid_vector_is_refused_with_its_code(path):
     assert not rep.valid and rep.code == expected["code"]
 
 
-@pytest.mark.parametrize("name", ["missing_required_field", "path_with_colon_suffix"])
+@pytest.mark.parametrize("name", ["missing_required_field", "path_with_colon_suffix",
+                                  "learning_rate_unknown_kind"])
 def test_schema_refuses_what_the_reader_refuses_in_the_header(name):
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(_doc(SPEC / "conformance" / "invalid" / f"{name}.optstate"), SCHEMA)
