@@ -135,19 +135,21 @@ def apply(adapter, assignments, *, rollback: bool = True) -> int:
     says so (``E_ASSIGN``).
     """
     journal = []
+    done = 0
     with _HeldInterrupts() as held:
         try:
             for var, arr in assignments:
                 if rollback:
                     journal.append((var.handle, _entry(adapter, var.handle, var.shape)))
                 adapter.assign(var.handle, arr)
+                done += 1
                 if held.arrived:
                     raise KeyboardInterrupt
         except BaseException as e:
             if not rollback:
                 raise OptStateError(
                     f"assigning a variable failed ({type(e).__name__}: {e}) after "
-                    f"{len(journal)} of {len(assignments)} assignments; rollback=False, so the "
+                    f"{done} of {len(assignments)} assignments; rollback=False, so the "
                     "optimizer is partly updated. Import again, or re-create the optimizer.",
                     code="E_ASSIGN") from e
             failed = _rollback(adapter, journal)
