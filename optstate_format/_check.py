@@ -36,7 +36,7 @@ def _nonfinite(arr):
     return int(arr.size - np.count_nonzero(np.isfinite(arr)))
 
 
-def check(path) -> CheckReport:
+def check(path, *, progress=None) -> CheckReport:
     """Validate ``path`` completely (container, header, every checksum).
 
     Never raises for a bad file: the report says what is wrong, with the
@@ -46,7 +46,7 @@ def check(path) -> CheckReport:
     'E_IO'
     """
     try:
-        return _check(path)
+        return _check(path, progress)
     except OptStateError as e:
         return CheckReport(str(path), False, e.code, e.msg)
     except Exception as e:  # never raise for a bad file: a foreign error is a bug, reported
@@ -55,8 +55,8 @@ def check(path) -> CheckReport:
                            "this is a checker bug: please report it with the file.")
 
 
-def _check(path):
-    state = read(path, verify=True)
+def _check(path, progress=None):
+    state = read(path, verify=True, progress=progress)
     rep = CheckReport(str(path), True)
     n = len(state.globals)
     for w in state.weights:

@@ -891,7 +891,7 @@ class _Container:
             out.append((key, self._finish(key, name, arr, False) if name == "bool" else arr))
         return out
 
-    def read_all(self, verify):
+    def read_all(self, verify, progress=None):
         keys = sorted((k for k in self.tensors if k != HEADER_KEY),
                       key=lambda k: self.tensors[k][2])
         jobs, run, run_begin, run_end = [], [], 0, 0
@@ -912,7 +912,11 @@ class _Container:
             run_end = end
         if run:
             jobs.append((self.read_run, run, run_begin, run_end))
-        work = lambda job: job[0](*job[1:], verify)  # noqa: E731
+        def work(job):
+            part = job[0](*job[1:], verify)
+            if progress is not None:
+                progress(sum(self.tensors[k][3] - self.tensors[k][2] for k, _ in part))
+            return part
         if verify and self.data_len >= _PARALLEL_VERIFY_BYTES and (os.cpu_count() or 1) > 1:
             with ThreadPoolExecutor(max_workers=min(4, os.cpu_count())) as pool:
                 parts = list(pool.map(work, jobs))
@@ -936,10 +940,10 @@ def _guarded(fn, *args):
                           code="E_FORMAT") from e
 
 
-def _read(path, verify):
+def _read(path, verify, progress=None):
     cont = _Container(path)
     try:
-        arrays = cont.read_all(verify)
+        arrays = cont.read_all(verify, progress)
     finally:
         cont.file.close()
     doc, version = cont.doc, cont.version
@@ -964,7 +968,7 @@ def _read(path, verify):
         version=f"{version[0]}.{version[1]}")
 
 
-def read(path, *, verify: bool = True) -> OptimizerState:
+def read(path, *, verify: bool = True, progress=None) -> OptimizerState:
     """Read an optstate file; return an :class:`OptimizerState` of private arrays.
 
     Every array is a new, writable numpy array with its own memory: the file is not
@@ -977,13 +981,15 @@ def read(path, *, verify: bool = True) -> OptimizerState:
     (``E_TRUNCATED``), never a crash (spec 9.2). ``verify=False`` skips only the
     checksums. Damage raises :class:`IntegrityError` naming the tensor, any
     malformation :class:`FormatError`; nothing else escapes for a bad file.
+    ``progress``, when given, is called with the byte count of each piece read (the
+    command line draws its progress bar with it).
 
     >>> read("missing.optstate")
     Traceback (most recent call last):
     ...
     optstate_format._errors.FormatError: E_IO: cannot open 'missing.optstate': No such file or directory.
     """
-    return _guarded(_read, path, verify)
+    return _guarded(_read, path, verify, progress)
 
 
 def _read_doc_only(path):

@@ -66,8 +66,22 @@ def _nbytes(arr):
     return int(math.prod(arr.shape)) * arr.dtype.itemsize
 
 
+def _file_size(path):
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
+def _read_with_bar(path, verb, **kw):
+    """``read(path)`` with a progress bar on multi-GB files (on a terminal only)."""
+    from . import _progress
+    with _progress.progress(_file_size(path), f"{verb} {os.path.basename(str(path))}") as bar:
+        return read(path, progress=bar.update, **kw)
+
+
 def cmd_inspect(args):
-    state = read(args.file, verify=not args.no_verify)
+    state = _read_with_bar(args.file, "reading", verify=not args.no_verify)
     summary = _summary(state)
     if args.json:
         print(json.dumps(summary, indent=2, sort_keys=True))  # ensure_ascii: escapes all
@@ -110,7 +124,9 @@ def cmd_inspect(args):
 
 
 def cmd_check(args):
-    rep = check(args.file)
+    from . import _progress
+    with _progress.progress(_file_size(args.file), f"checking {args.file}") as bar:
+        rep = check(args.file, progress=bar.update)
     if args.json:
         print(json.dumps({"path": rep.path, "valid": rep.valid, "code": rep.code,
                           "message": rep.message, "warnings": rep.warnings}, indent=2))
@@ -133,7 +149,7 @@ def _max_diff(a, b):
 
 
 def cmd_diff(args):
-    a, b = read(args.a), read(args.b)
+    a, b = _read_with_bar(args.a, "reading"), _read_with_bar(args.b, "reading")
     lines, differ = [], 0
     if a.optimizer.algorithm != b.optimizer.algorithm:
         differ += 1

@@ -55,3 +55,17 @@ def test_docstring_examples_of_the_workflow_modules():
     for mod in (_progress, _keras_callback):
         res = doctest.testmod(mod)
         assert res.attempted > 0 and res.failed == 0
+
+
+def test_read_reports_every_byte_it_reads_to_its_progress_callback(tmp_path):
+    """The CLI's bars for check/inspect/diff are fed by read()'s progress callback."""
+    import optstate_format as osf
+    from helpers import adam_state
+    path = osf.write(adam_state(n_weights=5, with_values=True), tmp_path / "p.optstate")
+    seen = []
+    state = osf.read(path, progress=seen.append)
+    tensors = sum(a.nbytes for w in state.weights for a in [*w.slots.values(), w.value])
+    tensors += sum(np.asarray(g).nbytes for g in state.globals.values())
+    assert sum(seen) == tensors and len(seen) >= 1
+    seen.clear()
+    assert osf.check(path, progress=seen.append).valid and sum(seen) == tensors
