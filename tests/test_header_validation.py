@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 import optstate_format as osf
-from optstate_format._versions import CURRENT_VERSION
 from optstate_format import _header
 
 from crafting import doc_of, good_bytes, split, with_doc
@@ -128,7 +127,7 @@ def test_a_broken_document_fails_both_the_validation_and_the_schema(base, name):
     doc = copy.deepcopy(doc_of(base))
     BROKEN[name](doc)
     with pytest.raises(osf.FormatError) as e:
-        _header.validate(doc, _tensors(base), CURRENT_VERSION)
+        _header.validate(doc, _tensors(base), _version(base))
     assert e.value.code in ("E_SCHEMA", "E_PATH", "E_LIMIT", "E_DTYPE")
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(doc, SCHEMA)
@@ -141,7 +140,7 @@ def test_the_reader_refuses_each_broken_document_with_the_validations_code(base,
     doc = copy.deepcopy(doc_of(base))
     BROKEN[name](doc)
     with pytest.raises(osf.FormatError) as expected:
-        _header.validate(doc, _tensors(base), CURRENT_VERSION)
+        _header.validate(doc, _tensors(base), _version(base))
     p = tmp_path / "b.optstate"
     p.write_bytes(with_doc(base, doc))
     assert osf.check(p).code == expected.value.code
