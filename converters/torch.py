@@ -88,7 +88,7 @@ def _from_numpy(value) -> torch.Tensor:
         arr = arr.view(np.int16)
     if not arr.flags.c_contiguous:
         arr = np.ascontiguousarray(arr)
-    with warnings.catch_warnings():  # a read-only view of the mapped file: torch only reads it
+    with warnings.catch_warnings():  # the array may be read-only (a caller's): torch only reads it
         warnings.simplefilter("ignore", UserWarning)
         t = torch.from_numpy(arr)
     return t.view(torch.bfloat16) if bf16 else t
