@@ -11,7 +11,7 @@ imported only when a model of that framework is seen.
 'm'
 """
 
-from . import _api
+from . import _api, _versions
 from ._check import CheckReport, check
 from ._errors import (FormatError, IntegrityError, MatchError, OptStateError, StorageError,
                       UnsupportedError, VersionError)
@@ -23,7 +23,7 @@ from ._versions import CURRENT_VERSION_STR as FORMAT_VERSION
 from ._versions import VERSION_TABLE
 from .adapter import Adapter
 
-__version__ = "0.1.0"
+__version__ = _versions.LIBRARY_VERSION
 
 __all__ = [
     "ALGORITHMS", "Adapter", "CheckReport", "FORMAT_VERSION", "FormatError", "ImportReport",

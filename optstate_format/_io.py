@@ -35,7 +35,7 @@ from . import _dtypes, _header
 from ._errors import FormatError, IntegrityError, OptStateError, StorageError, VersionError
 from ._paths import HEADER_KEY, global_key, slot_key, value_key
 from ._state import LazyTensor, OptimizerInfo, OptimizerState, WeightEntry
-from ._versions import CURRENT_VERSION, FORMAT_ID, parse_version
+from ._versions import CURRENT_VERSION, FORMAT_ID, LIBRARY_VERSION, parse_version
 
 try:
     # ISA-L's crc32 is zlib's function (same polynomial, same values: a test checks) with
@@ -58,7 +58,7 @@ META_VERSION = "optstate.version"
 META_HEADER = "optstate.header"
 META_HEADER_CRC = "optstate.header_crc32"
 _ALIGN = 64
-_LIB_VERSION = "0.1.0"
+_LIB_VERSION = LIBRARY_VERSION
 # Temporary files of a writer that died are removed by the next write to the same name once
 # they are this old and their writer's process is gone (spec 9.4).
 STALE_TEMP_SECONDS = 15 * 60

@@ -1,5 +1,9 @@
 """Released format versions. Mirrored by spec/SPEC.md section 10 (a test keeps them in step)."""
 
+# The library's own version: the one place it is written (pyproject reads it, the writer
+# records it as producer.library_version).
+LIBRARY_VERSION = "0.2.0"
+
 FORMAT_ID = "optstate"
 CURRENT_VERSION = (1, 1)
 CURRENT_VERSION_STR = "1.1"

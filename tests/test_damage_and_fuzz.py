@@ -307,9 +307,9 @@ def _fuzz_truncation_during_read(base, tmp_path, data):
                                      if k not in ("__metadata__", "optstate:header"))
     real = _io._Container.read_all
 
-    def truncate_then_read(self, verify):
+    def truncate_then_read(self, verify, *rest):
         os.truncate(p, cut)
-        return real(self, verify)
+        return real(self, verify, *rest)
 
     with mock.patch.object(_io._Container, "read_all", truncate_then_read):
         CASES["fuzz"] += 1

@@ -73,10 +73,10 @@ def test_a_rewrite_between_validation_and_reading_is_caught_by_the_checksum(tmp_
     other = osf.write(adam_state(seed=9), tmp_path / "b.optstate").read_bytes()
     real = _io._Container.read_all
 
-    def rewrite_then_read(self, verify):
+    def rewrite_then_read(self, verify, *rest):
         with open(p, "r+b") as f:  # same layout, other values: only the checksums differ
             f.write(other)
-        return real(self, verify)
+        return real(self, verify, *rest)
 
     monkeypatch.setattr(_io._Container, "read_all", rewrite_then_read)
     with pytest.raises(osf.IntegrityError) as e:
@@ -88,9 +88,9 @@ def test_truncation_while_reading_is_a_clean_error(tmp_path, monkeypatch):
     p = osf.write(adam_state(), tmp_path / "a.optstate")
     real = _io._Container.read_all
 
-    def truncate_then_read(self, verify):
+    def truncate_then_read(self, verify, *rest):
         os.truncate(p, self.data_start + 40)
-        return real(self, verify)
+        return real(self, verify, *rest)
 
     monkeypatch.setattr(_io._Container, "read_all", truncate_then_read)
     for verify in (True, False):
