@@ -87,7 +87,11 @@ def _restore(adapter, handle, entry):
 
 
 class _HeldInterrupts:
-    """Hold SIGINT back (main thread only); ``arrived`` tells whether one came."""
+    """Hold SIGINT back (main thread only); ``arrived`` tells whether one came.
+
+    Only Python's default handler (SIGINT raises KeyboardInterrupt) is replaced: a process
+    that ignores SIGINT keeps ignoring it, and one with a handler of its own keeps it (the
+    journal still restores everything if that handler raises)."""
 
     def __init__(self):
         self.arrived = False
@@ -97,7 +101,8 @@ class _HeldInterrupts:
         self.arrived = True
 
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
             try:
                 self._old = signal.signal(signal.SIGINT, self._handler)
             except (ValueError, OSError):  # pragma: no cover - embedded interpreters

@@ -163,7 +163,17 @@ def test_a_restore_that_fails_twice_is_reported_as_E_ROLLBACK():
     assert e.value.code == "E_ROLLBACK" and "1 of 4 variables" in str(e.value)
 
 
-def test_an_interrupt_mid_import_and_a_second_one_during_rollback_change_nothing():
+@pytest.fixture
+def default_sigint():
+    """Python's own SIGINT handler, whatever the test runner inherited (a background CI
+    job starts with SIGINT ignored)."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
+def test_an_interrupt_mid_import_and_a_second_one_during_rollback_change_nothing(
+        default_sigint):
     values = start_values()
     before = {k: v.copy() for k, v in values.items()}
     # SIGINT after the 3rd assignment lands; another during the first restore (call 5)
@@ -174,7 +184,19 @@ def test_an_interrupt_mid_import_and_a_second_one_during_rollback_change_nothing
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
 
 
-def test_an_interrupt_during_the_last_assignment_leaves_a_complete_import():
+def test_a_process_that_ignores_sigint_keeps_ignoring_it_during_an_import():
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        values = start_values()
+        ad = DictAdapter(values, {3: "SIGINT"})
+        assert _journal.apply(ad, plan_of(values)) == 6  # not turned into KeyboardInterrupt
+        assert all(np.all(v == 9.0) for v in values.values())
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def test_an_interrupt_during_the_last_assignment_leaves_a_complete_import(default_sigint):
     values = start_values()
     ad = DictAdapter(values, {6: "SIGINT"})
     with pytest.raises(KeyboardInterrupt):
