@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml Makefile
 	# torch 2.13.0 is the CPU build on the project machine's disk (a looser range would take a
 	# CUDA build of several GB); it only serves the Keras 3 torch-backend tests.
 	$(BIN)/python -m pip install --quiet -e '.[keras,tf-keras,jax,test]' 'torch==2.13.0'
-	# keras-hub only builds the model zoo's backbones from config (tests/zoo.py): without its
+	# keras-hub only builds the model zoo's backbones from config (tests/keras3/zoo.py): without its
 	# dependencies, which would bring tensorflow-text and hub downloads; it needs regex and
 	# tokenizers to import.
 	$(BIN)/python -m pip install --quiet --no-deps 'keras-hub==0.32.0' 'regex>=2023' 'tokenizers>=0.19'
@@ -43,8 +43,8 @@ $(OLD_STAMP): pyproject.toml
 
 # The Keras converters' tests again, on the oldest releases the extras admit.
 test-oldest: $(OLD_STAMP)
-	$(OLD_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_keras3.py \
-		tests/test_tf_keras.py tests/test_resume.py
+	$(OLD_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/keras3/test_keras3.py \
+		tests/tf_keras/test_tf_keras.py tests/keras3/test_resume.py
 
 test-core: $(STAMP)
 	$(BIN)/python -m pytest -m "not framework"
@@ -61,10 +61,10 @@ mutate: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_io.py
 
-# Every keras.applications model and the keras_hub backbones of tests/zoo.py: train a step,
+# Every keras.applications model and the keras_hub backbones of tests/keras3/zoo.py: train a step,
 # rebuild, import, check each slot against its layer; prints the table (long: see README).
 zoo: $(STAMP)
-	KERAS_BACKEND=tensorflow $(BIN)/python tests/zoo.py
+	KERAS_BACKEND=tensorflow $(BIN)/python tests/keras3/zoo.py
 
 conformance: $(STAMP)
 	$(BIN)/python spec/generate.py

@@ -4,7 +4,7 @@
 writer calls it on the document it is about to write, the reader on the document it has
 decoded, so a file the writer produces is always one the reader accepts, and the two can
 never drift apart. ``spec/schema/header-1.schema.json`` states the same rules as far as
-JSON Schema can (tests/test_header_validation.py keeps the two in agreement).
+JSON Schema can (tests/core/test_header_validation.py keeps the two in agreement).
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
-"""How tests/data/v1.0/{keras3,tf_keras}_unnamed_scale_shift.optstate were made: format 1.0,
+"""How tests/support/data/v1.0/{keras3,tf_keras}_unnamed_scale_shift.optstate were made: format 1.0,
 written by the 1.0 writer (commit 5066abf, before generated weight names stopped being
 identities), kept so that later readers prove what they do with 1.0 files holding weights named
 ``variable_<n>`` / ``Variable``. Every weight and Adam slot holds values naming its role
-(tests/unnamed_models.py: fill_by_role). Not rerun by the tests (rerunning it now would write
+(tests/support/unnamed_models.py: fill_by_role). Not rerun by the tests (rerunning it now would write
 the current format).
 
-    KERAS_BACKEND=tensorflow python tests/data/make_v1_0_unnamed.py
+    KERAS_BACKEND=tensorflow python tests/support/data/make_v1_0_unnamed.py
 """
 
 import os
@@ -30,7 +30,7 @@ def main():
         osf.export_state(model, os.path.join(os.path.dirname(__file__), "v1.0",
                                              f"{tag}_unnamed_scale_shift.optstate"),
                          include_weights=True,
-                         metadata={"made_by": "tests/data/make_v1_0_unnamed.py"})
+                         metadata={"made_by": "tests/support/data/make_v1_0_unnamed.py"})
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from optstate_format.adapter import (BaseAdapter, ModelDescription, ModelWeight,
 
 from helpers import adam_state
 
-ROOT_DIR = pathlib.Path(__file__).resolve().parents[1]
+ROOT_DIR = pathlib.Path(__file__).resolve().parents[2]
 
 
 def target(state, *, slots=("m", "v"), slot_shape=None, slot_dtype="float32", hints=None,
@@ -749,7 +749,7 @@ def test_every_matching_import_and_write_code_of_spec_section_11_is_asserted_by_
     assert "E_CHECKSUM" in reading and "E_MATCH_COMPONENT" in codes_ and "E_WRITE" in codes_
     assert len(codes_) >= 21
     tests = "\n".join(p.read_text(encoding="utf-8")
-                      for p in sorted((ROOT_DIR / "tests").glob("test_*.py")))
+                      for p in sorted((ROOT_DIR / "tests").rglob("test_*.py")))
     missing = [c for c in codes_ if not re.search(rf"[\"']{c}[\"']", tests)]
     assert missing == [], f"spec section 11 codes no test asserts: {missing}"
 

@@ -17,7 +17,7 @@ from optstate_format import _header, _io
 from crafting import doc_of, edit_doc, good_bytes, join, join_text, split
 from helpers import adam_state
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _refused(tmp_path, raw, cls=osf.FormatError):
@@ -187,7 +187,7 @@ def _reading_codes():
 def test_every_reading_code_of_spec_section_11_is_asserted_by_a_test():
     codes = _reading_codes()
     assert len(codes) >= 20 and "E_NOT_FILE" in codes and "E_BOOL_VALUE" in codes
-    texts = [p.read_text() for p in (ROOT / "tests").glob("test_*.py")]
+    texts = [p.read_text() for p in (ROOT / "tests").rglob("test_*.py")]
     texts += [p.read_text() for p in (ROOT / "spec" / "conformance" / "invalid").glob(
         "*.expected.json")]  # each asserted by test_conformance.py
     asserted = re.compile(r'(==|code["\]]?\s*[,:)]|\(|,)\s*"({})"'.format("|".join(codes)))

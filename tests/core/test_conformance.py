@@ -12,7 +12,7 @@ import pytest
 import optstate_format as osf
 from optstate_format._check import summarize
 
-SPEC = Path(__file__).resolve().parent.parent / "spec"
+SPEC = Path(__file__).resolve().parents[2] / "spec"
 VALID = sorted((SPEC / "conformance" / "valid").glob("*.optstate"))
 INVALID = sorted((SPEC / "conformance" / "invalid").glob("*.optstate"))
 SCHEMA = json.loads((SPEC / "schema" / "header-1.schema.json").read_text())

@@ -71,7 +71,7 @@ def test_same_state_gives_same_bytes_whatever_dict_order(tmp_path):
 
 
 def test_golden_bytes_of_the_minimal_vector_are_stable():
-    path = os.path.join(os.path.dirname(__file__), "..", "spec", "conformance", "valid",
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "spec", "conformance", "valid",
                         "minimal_sgd.optstate")
     state = osf.read(path)
     import tempfile

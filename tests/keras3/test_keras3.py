@@ -458,7 +458,7 @@ def test_strict_false_imports_matching_weights_and_reports_the_rest(tmp_path):
 
 def test_a_format_1_0_archive_imports_into_the_rebuilt_seed_model():
     from pathlib import Path
-    path = Path(__file__).parent / "data" / "v1.0" / "keras3_seed_adam.optstate"
+    path = Path(__file__).resolve().parents[1] / "support" / "data" / "v1.0" / "keras3_seed_adam.optstate"
     state = osf.read(path)
     b, rb = seed_model((32, 250, 4))
     report = osf.import_state(b, path, include_weights=True)
@@ -615,7 +615,7 @@ def test_exported_header_satisfies_the_json_schema(tmp_path):
     table = json.loads(raw[8:8 + n])
     s, e = table["optstate:header"]["data_offsets"]
     doc = msgpack.unpackb(raw[8 + n + s:8 + n + e], raw=False)
-    schema = json.loads((Path(__file__).parent.parent / "spec" / "schema" /
+    schema = json.loads((Path(__file__).resolve().parents[2] / "spec" / "schema" /
                          "header-1.schema.json").read_text())
     jsonschema.validate(doc, schema)
 

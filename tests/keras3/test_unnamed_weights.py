@@ -18,7 +18,7 @@ from unnamed_models import (assert_filled_by_role, branches, move_counters,  # n
 
 pytestmark = pytest.mark.framework
 FRAMEWORKS = {"keras3": keras, "tf_keras": tf_keras}
-DATA = Path(__file__).parent / "data" / "v1.0"
+DATA = Path(__file__).resolve().parents[1] / "support" / "data" / "v1.0"
 
 
 def assert_slots_by_role(a, ra, b, rb):

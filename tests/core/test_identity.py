@@ -173,7 +173,7 @@ from pathlib import Path  # noqa: E402
 from optstate_format._identity import (ROOT, chain, describe_identities,  # noqa: E402
                                        layer_input_identities, role_tokens)
 
-SPEC = (Path(__file__).resolve().parent.parent / "spec" / "SPEC.md").read_text()
+SPEC = (Path(__file__).resolve().parents[2] / "spec" / "SPEC.md").read_text()
 
 
 def scale_shift_graph(names):

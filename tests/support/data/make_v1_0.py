@@ -1,7 +1,7 @@
-"""How tests/data/v1.0/keras3_seed_adam.optstate was made (format 1.0, kept as test data so that
+"""How tests/support/data/v1.0/keras3_seed_adam.optstate was made (format 1.0, kept as test data so that
 later format versions prove they still read it). Not rerun by the tests.
 
-    KERAS_BACKEND=tensorflow python tests/data/make_v1_0.py
+    KERAS_BACKEND=tensorflow python tests/support/data/make_v1_0.py
 """
 
 import os
@@ -23,7 +23,7 @@ def main():
                              rng.standard_normal((32, 1)).astype("float32"))
     osf.export_state(model, os.path.join(os.path.dirname(__file__), "v1.0",
                                          "keras3_seed_adam.optstate"), include_weights=True,
-                     metadata={"made_by": "tests/data/make_v1_0.py"})
+                     metadata={"made_by": "tests/support/data/make_v1_0.py"})
 
 
 if __name__ == "__main__":

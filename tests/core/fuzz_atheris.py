@@ -32,7 +32,7 @@ with atheris.instrument_imports():
 import msgpack  # noqa: E402
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "support"))
 from crafting import doc_of, split, with_blob  # noqa: E402
 
 _DIR = tempfile.mkdtemp(prefix="optstate-fuzz-")

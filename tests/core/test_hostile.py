@@ -29,7 +29,7 @@ from crafting import (container, doc_of, edit_doc, globals_file, good_bytes, joi
                       with_blob, with_doc)
 from helpers import adam_state
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _code(path):
@@ -220,7 +220,7 @@ def _peak_rss_of(code, timeout=300):
         print(round((_peak_kb() - base) / 1024))
     """)
     out = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True,
-                         timeout=timeout, cwd=Path(__file__).parent)
+                         timeout=timeout, cwd=ROOT / "tests" / "support")
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.split()
     return lines[-2], int(lines[-1])
@@ -545,7 +545,7 @@ def test_a_killed_export_leaves_a_temp_that_the_next_export_removes(tmp_path, mo
                                               lambda: os.kill(os.getpid(), signal.SIGKILL))
         osf.write(st, {str(dest)!r})
     """)
-    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, timeout=60)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT / "tests" / "support", timeout=60)
     assert out.returncode == -9
     temps = [f for f in tmp_path.iterdir() if f.name.endswith(".optstate.tmp")]
     assert len(temps) == 1 and temps[0].name.startswith(f".k.optstate.{_io._HOST}-")

@@ -15,7 +15,7 @@ from optstate_format import _header
 from crafting import doc_of, good_bytes, split, with_doc
 from helpers import adam_state
 
-SPEC = Path(__file__).resolve().parent.parent / "spec"
+SPEC = Path(__file__).resolve().parents[2] / "spec"
 SCHEMA = json.loads((SPEC / "schema" / "header-1.schema.json").read_text())
 VALID = sorted((SPEC / "conformance" / "valid").glob("*.optstate"))
 NAMES = {code: name for name, (code, _, _) in osf._dtypes.DTYPES.items()}

@@ -6,7 +6,7 @@ from pathlib import Path
 import optstate_format as osf
 from optstate_format import _dtypes, _registry
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SPEC = (ROOT / "spec" / "SPEC.md").read_text()
 
 

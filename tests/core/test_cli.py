@@ -12,7 +12,7 @@ from optstate_format.cli import main
 
 from helpers import adam_state
 
-VECTORS = Path(__file__).resolve().parent.parent / "spec" / "conformance"
+VECTORS = Path(__file__).resolve().parents[2] / "spec" / "conformance"
 
 
 def test_check_exit_codes(capsys):
