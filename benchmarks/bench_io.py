@@ -1,22 +1,38 @@
-"""Export/import speed and memory against the raw I/O floor and Keras's own tools.
+"""Export/import speed and memory against the physical I/O floor (issue 16).
 
-    python benchmarks/bench_io.py [--sizes 50,200,1000] [--repeats 3] [--out DIR]
+    python benchmarks/bench_io.py [--framework keras|torch] [--sizes 50,200,1000]
+                                  [--repeats 5] [--profile MB]
 
-For each optimizer-state size (MB of Adam slots on a stack of Dense layers) it measures, in one
-process and one run: the raw floor (copy the slot variables out + safetensors.numpy.save_file;
-safetensors.numpy.load_file + assign), optstate export and import, Keras's `.keras`
-save/load_weights and tf.train.Checkpoint write/read. Medians of --repeats runs, each figure also
-as a ratio to the floor, and peak private (anonymous) resident memory above the pre-operation
-baseline, sampled every 2 ms (pages of a memory-mapped file are page cache, not counted). Then matching time for functional models of 500, 1,000 and 5,000 layers.
+For each optimizer-state size (MB of Adam slots on a stack of dense layers) it measures, in one
+process and one run:
+
+- the **physical floor**: the same tensor bytes, already copied out of the framework into
+  numpy buffers before the clock starts, written with ``os.write`` (no checksum, no fsync,
+  no rename); and read with ``readinto`` into buffers allocated before the clock starts.
+  Nothing can move the bytes with less work: every figure is also given as a ratio to it.
+- ours: ``export_state`` with and without fsync, ``import_state`` (checksums verified,
+  rollback journal on) into a trained model, with ``rollback=False``, and into a freshly
+  built model;
+- anchors, labelled as such: the old floor (copy out + ``safetensors.numpy.save_file``;
+  ``load_file`` + assign), Keras's ``.keras`` save/load_weights and ``tf.train.Checkpoint``
+  (Keras), ``torch.save``/``torch.load`` + ``load_state_dict`` (torch).
+
+Medians of --repeats rounds; operations interleaved round by round (the machine's drift is
+spread over all of them), each preceded by an untimed ``sync``. Memory: the peak of private
+(anonymous) resident memory above the value before the operation, sampled every 2 ms.
+``--profile MB`` prints where export and import spend their time (cProfile, cumulative).
 Never run by the test suite; figures go to BENCHMARKS.md by hand.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import gc
+import io
 import os
 import platform
+import pstats
 import shutil
 import statistics
 import tempfile
@@ -28,19 +44,15 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import keras  # noqa: E402
 from safetensors.numpy import load_file, save_file  # noqa: E402
 
 import optstate_format as osf  # noqa: E402
-from optstate_format._identity import Graph, Layer, Node, weight_identities  # noqa: E402
-from optstate_format.converters import keras3 as conv  # noqa: E402
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def rss():
-    """Private (anonymous) resident memory: mapped file pages are page cache, not copies."""
+    """Private (anonymous) resident memory."""
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith("RssAnon:"):
@@ -52,8 +64,7 @@ class Peak:
     """Peak RSS above the value at entry, sampled in a thread."""
 
     def __enter__(self):
-        self.base = rss()
-        self.peak = self.base
+        self.base = self.peak = rss()
         self.stop = False
         self.t = threading.Thread(target=self._run, daemon=True)
         self.t.start()
@@ -67,214 +78,292 @@ class Peak:
     def __exit__(self, *exc):
         self.stop = True
         self.t.join()
-        self.peak = max(self.peak, rss())
-        self.extra = self.peak - self.base
+        self.extra = max(self.peak, rss()) - self.base
 
 
-def dense_stack(n_layers, width, trained=True):
-    ipt = keras.Input((width,))
-    x = ipt
-    for _ in range(n_layers):
-        x = keras.layers.Dense(width)(x)
-    model = keras.Model(ipt, x)
-    model.compile(keras.optimizers.Adam(1e-3), "mse")
-    model.optimizer.build(model.trainable_variables)
-    if trained:  # non-trivial slot contents, as after training
-        rng = np.random.default_rng(0)
-        for v in model.optimizer.variables:
-            if len(v.shape) >= 1:
-                v.assign(rng.standard_normal(v.shape).astype("float32"))
-    return model
+def physical_write(arrays, path):
+    """The floor of an export: the bytes, already in numpy, to the file with os.write."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for a in arrays:
+            view = memoryview(a.reshape(-1).view(np.uint8))
+            while view:
+                view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
 
 
-def slot_vars(model):
-    return [v for v in model.optimizer.variables]
+def physical_read(buffers, path):
+    """The floor of an import: the bytes into preallocated buffers with readinto."""
+    with open(path, "rb", buffering=0) as f:
+        for b in buffers:
+            view = memoryview(b.reshape(-1).view(np.uint8))
+            while view:
+                view = view[f.readinto(view):]
+
+
+# ---- frameworks --------------------------------------------------------------------------
+
+class KerasCase:
+    name = "Keras 3 (TensorFlow backend)"
+
+    def __init__(self, mb):
+        import keras
+        import tensorflow as tf
+        self.keras, self.tf = keras, tf
+        self.width = 1024 if mb <= 400 else 2048
+        per_layer = 2 * (self.width ** 2 + self.width) * 4
+        self.n_layers = max(1, round(mb * 1e6 / per_layer))
+        self.model = self.build(trained=True)
+        self.target = self.build(trained=True)
+
+    def versions(self):
+        return f"tensorflow {self.tf.__version__}, keras {self.keras.__version__}"
+
+    def build(self, trained=True):
+        keras = self.keras
+        ipt = keras.Input((self.width,))
+        x = ipt
+        for _ in range(self.n_layers):
+            x = keras.layers.Dense(self.width)(x)
+        model = keras.Model(ipt, x)
+        model.compile(keras.optimizers.Adam(1e-3), "mse")
+        model.optimizer.build(model.trainable_variables)
+        if trained:  # non-trivial slot contents, as after training
+            rng = np.random.default_rng(0)
+            for v in model.optimizer.variables:
+                if len(v.shape) >= 1:
+                    v.assign(rng.standard_normal(v.shape).astype("float32"))
+        return model
+
+    def state_vars(self, model):
+        return list(model.optimizer.variables)
+
+    def arrays(self, model):
+        return [np.array(v.numpy()) for v in self.state_vars(model)]
+
+    def assign_all(self, model, arrays):
+        for v, a in zip(self.state_vars(model), arrays):
+            v.assign(a.reshape(v.shape))
+
+    def anchors(self, d):
+        tf = self.tf
+        ckpt = tf.train.Checkpoint(model=self.model, optimizer=self.model.optimizer)
+        ckpt_t = tf.train.Checkpoint(model=self.target, optimizer=self.target.optimizer)
+        return [
+            ("anchor: .keras save", lambda: self.model.save(d / "m.keras"), "export"),
+            ("anchor: tf.train.Checkpoint write", lambda: ckpt.write(str(d / "ckpt")),
+             "export"),
+            ("anchor: .keras load_weights", lambda: self.target.load_weights(d / "m.keras"),
+             "import"),
+            ("anchor: tf.train.Checkpoint read", lambda: ckpt_t.read(str(d / "ckpt")),
+             "import"),
+        ]
+
+
+class TorchCase:
+    name = "PyTorch (torch.optim.Adam)"
+
+    def __init__(self, mb):
+        import torch
+        self.torch = torch
+        self.width = 1024 if mb <= 400 else 2048
+        per_layer = 2 * (self.width ** 2 + self.width) * 4
+        self.n_layers = max(1, round(mb * 1e6 / per_layer))
+        self.model = self.build(trained=True)
+        self.target = self.build(trained=True)
+
+    def versions(self):
+        return f"torch {self.torch.__version__}"
+
+    def build(self, trained=True):
+        torch = self.torch
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(*[torch.nn.Linear(self.width, self.width)
+                                      for _ in range(self.n_layers)])
+        model.optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        if trained:
+            x = torch.randn(4, self.width)
+            model(x).square().mean().backward()
+            model.optimizer.step()
+            model.optimizer.zero_grad()
+            g = torch.Generator().manual_seed(0)
+            with torch.no_grad():
+                for st in model.optimizer.state.values():
+                    for k in ("exp_avg", "exp_avg_sq"):
+                        st[k].copy_(torch.randn(st[k].shape, generator=g))
+        return model
+
+    def export(self, model, path, **kw):
+        return osf.export_state(model, path, optimizer=model.optimizer, **kw)
+
+    def state_vars(self, model):
+        out = []
+        for p in model.parameters():
+            st = model.optimizer.state[p]
+            out += [st["step"], st["exp_avg"], st["exp_avg_sq"]]
+        return out
+
+    def arrays(self, model):
+        return [t.detach().numpy().copy() for t in self.state_vars(model)]
+
+    def assign_all(self, model, arrays):
+        torch = self.torch
+        with torch.no_grad():
+            for t, a in zip(self.state_vars(model), arrays):
+                t.copy_(torch.from_numpy(a.reshape(t.shape)))
+
+    def anchors(self, d):
+        torch = self.torch
+
+        def load():
+            sd = torch.load(d / "opt.pt", weights_only=True)
+            self.target.optimizer.load_state_dict(sd)
+
+        return [
+            ("anchor: torch.save(optimizer.state_dict())",
+             lambda: torch.save(self.model.optimizer.state_dict(), d / "opt.pt"), "export"),
+            ("anchor: torch.load + load_state_dict", load, "import"),
+        ]
+
+
+CASES = {"keras": KerasCase, "torch": TorchCase}
 
 
 def run_interleaved(ops, repeats):
-    """Each op once to warm up (not counted), then ``repeats`` rounds of every op in turn.
-
-    Interleaving spreads the machine's drift (page cache, other tenants) over all the
-    operations instead of charging it to whichever ran during a slow spell; an
-    untimed ``sync`` before each keeps one operation's pending disk writes from
-    being paid by the next.
-    """
-    for name, fn, setup in ops:
+    for _, fn, setup, _ in ops:  # warm-up, not counted
         if setup:
             setup()
         fn()
-    times = {name: [] for name, _, _ in ops}
-    mems = {name: [] for name, _, _ in ops}
+    times = {name: [] for name, *_ in ops}
+    mems = {name: [] for name, *_ in ops}
     for _ in range(repeats):
-        for name, fn, setup in ops:
+        for name, fn, setup, _ in ops:
             if setup:
                 setup()
             gc.collect()
-            os.sync()  # the previous operation's dirty pages are not this one's to write
+            os.sync()
             with Peak() as p:
                 t0 = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - t0)
             mems[name].append(p.extra)
     return {name: (statistics.median(times[name]), min(times[name]), max(times[name]),
-                   max(mems[name])) for name, _, _ in ops}
+                   max(mems[name]), kind) for name, _, _, kind in ops}
 
 
-def bench_size(mb, repeats, folder):
-    width = 1024 if mb <= 400 else 2048
-    per_layer = 2 * (width * width + width) * 4
-    n_layers = max(1, round(mb * 1e6 / per_layer))
-    model = dense_stack(n_layers, width)
-    target = dense_stack(n_layers, width)
+def operations(case, d):
+    model, target = case.model, case.target
+    kw = {"optimizer": model.optimizer} if isinstance(case, TorchCase) else {}
+    tkw = {"optimizer": target.optimizer} if isinstance(case, TorchCase) else {}
+    out_arrays = case.arrays(model)          # outside the framework before the clock starts
+    in_buffers = [np.empty_like(a) for a in out_arrays]
     fresh = {}
-    state_bytes = sum(int(np.prod(v.shape)) * 4 for v in slot_vars(model) if len(v.shape))
-    d = Path(folder)
-
-    def floor_export():
-        arrays = {}
-        for i, v in enumerate(slot_vars(model)):
-            a = v.numpy()
-            arrays[str(i)] = a.reshape(1) if a.ndim == 0 else a  # save_file refuses 0-d
-        save_file(arrays, str(d / "floor.safetensors"))
-
-    def floor_import():
-        arrays = load_file(str(d / "floor.safetensors"))
-        for i, v in enumerate(slot_vars(target)):
-            a = arrays[str(i)]
-            v.assign(a.reshape(()) if len(v.shape) == 0 else a)
 
     def new_fresh():
         fresh.clear()
         gc.collect()
-        fresh["m"] = dense_stack(n_layers, width, trained=False)
+        fresh["m"] = case.build(trained=False)
 
-    ckpt = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
-    ckpt_t = tf.train.Checkpoint(model=target, optimizer=target.optimizer)
+    def fresh_import():
+        m = fresh["m"]
+        return osf.import_state(m, d / "s.optstate",
+                                **({"optimizer": m.optimizer} if tkw else {}))
+
+    def old_floor_export():
+        arrays = {str(i): (a.reshape(1) if a.ndim == 0 else a)
+                  for i, a in enumerate(case.arrays(model))}
+        save_file(arrays, str(d / "floor.safetensors"))
+
+    def old_floor_import():
+        arrays = load_file(str(d / "floor.safetensors"))
+        case.assign_all(target, [arrays[str(i)] for i in range(len(arrays))])
+
     ops = [
-        ("floor export", floor_export, None),
-        ("optstate export", lambda: osf.export_state(model, d / "s.optstate"), None),
+        ("physical floor: os.write", lambda: physical_write(out_arrays, d / "phys.bin"),
+         None, "export"),
+        ("optstate export", lambda: osf.export_state(model, d / "s.optstate", **kw), None,
+         "export"),
         ("optstate export, fsync=False",
-         lambda: osf.export_state(model, d / "s2.optstate", fsync=False), None),
-        (".keras save", lambda: model.save(d / "m.keras"), None),
-        ("tf.train.Checkpoint write", lambda: ckpt.write(str(d / "ckpt")), None),
-        ("floor import", floor_import, None),
-        ("optstate import", lambda: osf.import_state(target, d / "s.optstate"), None),
+         lambda: osf.export_state(model, d / "s2.optstate", fsync=False, **kw), None, "export"),
+        ("anchor: old floor (copy out + save_file)", old_floor_export, None, "export"),
+        ("physical floor: readinto", lambda: physical_read(in_buffers, d / "phys.bin"), None,
+         "import"),
+        ("optstate import", lambda: osf.import_state(target, d / "s.optstate", **tkw), None,
+         "import"),
         ("optstate import, rollback=False",
-         lambda: osf.import_state(target, d / "s.optstate", rollback=False), None),
-        ("optstate import into a fresh model",
-         lambda: osf.import_state(fresh["m"], d / "s.optstate"), new_fresh),
-        (".keras load_weights", lambda: target.load_weights(d / "m.keras"), None),
-        ("tf.train.Checkpoint read", lambda: ckpt_t.read(str(d / "ckpt")), None),
+         lambda: osf.import_state(target, d / "s.optstate", rollback=False, **tkw), None,
+         "import"),
+        ("optstate import into a fresh model", fresh_import, new_fresh, "import"),
+        ("anchor: old floor (load_file + assign)", old_floor_import, None, "import"),
     ]
-    rows = run_interleaved(ops, repeats)
-    # What the rollback journal keeps (exact, not sampled): whole buffers for variables
-    # whose elements differ, one element for constant ones.
-    new_fresh()
-    for name, m in (("journal, trained target", target), ("journal, fresh target", fresh["m"])):
-        entries = [conv._ADAPTER.journal_entry(v) for v in slot_vars(m)]
-        rows[name] = sum(int(np.asarray(value).nbytes) for _, value, _ in entries)
-        del entries
-    fresh.clear()
-    largest = max(int(np.prod(v.shape)) * 4 for v in slot_vars(model))
+    ops += [(name, fn, None, kind) for name, fn, kind in case.anchors(d)]
+    return ops
+
+
+def bench_size(framework, mb, repeats, folder):
+    case = CASES[framework](mb)
+    d = Path(folder)
+    rows = run_interleaved(operations(case, d), repeats)
+    state_bytes = sum(a.nbytes for a in case.arrays(case.model))
+    largest = max(a.nbytes for a in case.arrays(case.model))
     for f in d.iterdir():
-        if f.is_file():
-            f.unlink()
-        else:
-            shutil.rmtree(f)
-    return n_layers, width, state_bytes, largest, rows
+        (f.unlink if f.is_file() else lambda: shutil.rmtree(f))()
+    return case, state_bytes, largest, rows
 
 
-def residual_graph(n_layers):
-    """A deep residual stack with a two-branch block every 10 layers, as the core sees it."""
-    layers, nodes = {}, []
-    x = ("input", 0)
-    for i in range(n_layers):
-        layers[f"d{i}"] = Layer("Dense", [("kernel", f"d{i}.k"), ("bias", f"d{i}.b")])
-        nodes.append(Node(f"d{i}", [x]))
-        y = ("node", len(nodes) - 1, 0)
-        layers[f"act{i}"] = Layer("Activation")
-        nodes.append(Node(f"act{i}", [y]))
-        y = ("node", len(nodes) - 1, 0)
-        layers[f"add{i}"] = Layer("Add")
-        nodes.append(Node(f"add{i}", [x, y]))
-        x = ("node", len(nodes) - 1, 0)
-    return Graph(layers, nodes, [x])
-
-
-def keras_residual(n_blocks):
-    ipt = keras.Input((8,))
-    x = ipt
-    for _ in range(n_blocks):
-        y = keras.layers.Dense(8)(x)
-        y = keras.layers.Activation("relu")(y)
-        x = keras.layers.Add()([x, y])
-    model = keras.Model(ipt, x)
-    model.compile("adam", "mse")
-    model.optimizer.build(model.trainable_variables)
-    return model
-
-
-def bench_matching(sizes):
-    out = []
-    for n in sizes:
+def profile(framework, mb, folder, top=25):
+    case = CASES[framework](mb)
+    d = Path(folder)
+    kw = {"optimizer": case.model.optimizer} if framework == "torch" else {}
+    tkw = {"optimizer": case.target.optimizer} if framework == "torch" else {}
+    for what, fn in (("export, fsync=False",
+                      lambda: osf.export_state(case.model, d / "p.optstate", fsync=False, **kw)),
+                     ("import", lambda: osf.import_state(case.target, d / "p.optstate", **tkw))):
+        fn()
+        pr = cProfile.Profile()
         gc.collect()
-        g = residual_graph(n)
-        t0 = time.perf_counter()
-        weight_identities(g)
-        core = time.perf_counter() - t0
-        model = keras_residual(n // 3)  # Dense + Activation + Add per block: n layers in all
-        other = keras_residual(n // 3)
-        state = conv.extract_state(model, materialize=True)
-        gc.collect()
-        t0 = time.perf_counter()
-        target = conv._ADAPTER.describe_target(other, other.optimizer)
-        osf.plan_import(state, target)
-        full = time.perf_counter() - t0
-        out.append((n, core, len(model.layers), full))
-
-    return out
+        pr.enable()
+        fn()
+        pr.disable()
+        s = io.StringIO()
+        pstats.Stats(pr, stream=s).sort_stats("tottime").print_stats(top)
+        print(f"\n### profile: {framework} {what}, {mb} MB (sorted by own time)\n")
+        print("```")
+        print("\n".join(line for line in s.getvalue().splitlines()[4:] if line.strip()))
+        print("```")
 
 
 def main():
-    import sys
-    sys.setrecursionlimit(100_000)  # Keras's own model construction recurses per layer
     ap = argparse.ArgumentParser()
+    ap.add_argument("--framework", choices=sorted(CASES), default="keras")
     ap.add_argument("--sizes", default="50,200,1000")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--match-sizes", default="500,1000,5000")
+    ap.add_argument("--profile", type=int, default=0, metavar="MB")
     args = ap.parse_args()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, "
-          f"{os.sysconf('SC_PHYS_PAGES') * PAGE / 2**30:.0f} GiB; {platform.platform()}")
-    print(f"python {platform.python_version()}, numpy {np.__version__}, tensorflow "
-          f"{tf.__version__}, keras {keras.__version__}, optstate-format {osf.__version__}")
+          f"{os.sysconf('SC_PHYS_PAGES') * PAGE / 2**30:.0f} GiB; {platform.platform()}; "
+          f"load {os.getloadavg()[0]:.1f}")
+    if args.profile:
+        with tempfile.TemporaryDirectory(dir=".") as folder:
+            profile(args.framework, args.profile, folder)
+        return
     for mb in [int(s) for s in args.sizes.split(",")]:
         with tempfile.TemporaryDirectory(dir=".") as folder:
-            n, w, sb, largest, rows = bench_size(mb, args.repeats, folder)
-        print(f"\n### Adam state {sb / 1e6:.0f} MB ({n} x Dense({w}); largest tensor "
-              f"{largest / 1e6:.1f} MB), median of {args.repeats}")
-        print("| operation | seconds (median) | min - max | x floor | "
+            case, sb, largest, rows = bench_size(args.framework, mb, args.repeats, folder)
+        print(f"\n### {case.name}: Adam state {sb / 1e6:.0f} MB ({case.n_layers} x "
+              f"{case.width}x{case.width}; largest tensor {largest / 1e6:.1f} MB), median of "
+              f"{args.repeats}; python {platform.python_version()}, numpy {np.__version__}, "
+              f"{case.versions()}, optstate-format {osf.__version__}; load "
+              f"{os.getloadavg()[0]:.1f}\n")
+        print("| operation | seconds (median) | min - max | x physical floor | "
               "peak extra private RSS (MB) |")
         print("| --- | --- | --- | --- | --- |")
-        journal = {k: rows.pop(k) for k in list(rows) if k.startswith("journal")}
-        for name, (t, lo, hi, mem) in rows.items():
-            floor = rows["floor export" if any(k in name for k in (
-                "export", "save", "write")) else "floor import"][0]
-            print(f"| {name} | {t:.3f} | {lo:.3f} - {hi:.3f} | {t / floor:.2f} | "
+        floors = {"export": rows["physical floor: os.write"][0],
+                  "import": rows["physical floor: readinto"][0]}
+        for name, (t, lo, hi, mem, kind) in rows.items():
+            print(f"| {name} | {t:.3f} | {lo:.3f} - {hi:.3f} | {t / floors[kind]:.2f} | "
                   f"{mem / 1e6:.0f} |")
-        ours = {k: rows[f"optstate {k}"][0] for k in ("export", "import")}
-        print(f"\nexport: {rows['.keras save'][0] / ours['export']:.2f}x faster than .keras "
-              f"save, {rows['tf.train.Checkpoint write'][0] / ours['export']:.2f}x faster than "
-              f"Checkpoint write; import: {rows['.keras load_weights'][0] / ours['import']:.2f}x "
-              f"faster than .keras load_weights, "
-              f"{rows['tf.train.Checkpoint read'][0] / ours['import']:.2f}x faster than "
-              "Checkpoint read")
-        print("rollback journal holds: " + "; ".join(
-            f"{k.split(', ')[1]} {v / 1e6:.3f} MB" for k, v in journal.items()))
-    print("\n### Matching (structural identity + plan), deep residual stacks")
-    print("| layers | core identity only (s) | Keras layers | describe + match, Keras (s) |")
-    print("| --- | --- | --- | --- |")
-    for n, core, kl, full in bench_matching([int(s) for s in args.match_sizes.split(",")]):
-        print(f"| {n} | {core:.3f} | {kl} | {full:.3f} |")
 
 
 if __name__ == "__main__":

@@ -47,6 +47,30 @@ def is_auto_name(name: str, cls: str, extra=()) -> bool:
     return name in bases or (m is not None and m.group(1) in bases)
 
 
+
+def tf_adopt(variable, value) -> bool:
+    """Assign ``value`` to a TensorFlow ``variable`` keeping the array's memory as the
+    variable's (the core's ``adopt``: the array is given up), and say whether it could.
+
+    Through DLPack TensorFlow wraps the buffer and the assignment takes it over, where
+    ``assign`` copies it twice (measured: 32 MB in 34 ms against 0.1 ms). Only a non-empty,
+    C-contiguous, writable array aligned to 64 bytes, for a variable on the CPU, of the
+    variable's dtype: TensorFlow aborts the process on a misaligned buffer, and DLPack has
+    no bfloat16."""
+    if not (isinstance(value, np.ndarray) and value.size and value.flags.c_contiguous
+            and value.flags.writeable and value.ctypes.data % 64 == 0
+            and "CPU" in (getattr(variable, "device", "") or "CPU")):
+        return False
+    import tensorflow as tf  # only reached with a TensorFlow variable
+    try:
+        tensor = tf.experimental.dlpack.from_dlpack(value.__dlpack__())
+    except (BufferError, TypeError, ValueError, AttributeError):
+        return False
+    if tensor.dtype != variable.dtype or tensor.shape != variable.shape:
+        return False
+    variable.assign(tensor)
+    return True
+
 class PyAttrHandle:
     """A framework-private integer kept as a plain Python attribute, handled like a variable.
 

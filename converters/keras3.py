@@ -22,7 +22,7 @@ from optstate_format._io import read
 from optstate_format._state import OptimizerInfo, OptimizerState
 from optstate_format.adapter import OptimizerDescription
 
-from ._keras_graph import KerasAdapter, dtype_name, generic_or
+from ._keras_graph import KerasAdapter, dtype_name, generic_or, tf_adopt
 from ._keras_tables import KERAS3
 from ._private import PrivateAPI
 
@@ -55,6 +55,7 @@ def _multi_optimizer_class():
         return PRIVATE.load("keras.src.optimizers.multi_optimizer:MultiOptimizer")
     except UnsupportedError:
         return None
+
 
 
 class Keras3Adapter(KerasAdapter):
@@ -133,6 +134,11 @@ class Keras3Adapter(KerasAdapter):
             inner.assign(value)
         else:
             var.assign(value)
+
+    def adopt(self, var, value):
+        inner = self._tf_variable(var)
+        if inner is None or not tf_adopt(inner, value):
+            self.assign(var, value)
 
     def snapshot(self, var):
         # A TensorFlow read tensor shares the variable's buffer, which an assignment then

@@ -21,7 +21,7 @@ from optstate_format._errors import UnsupportedError
 from optstate_format._state import OptimizerInfo
 from optstate_format.adapter import OptimizerDescription
 
-from ._keras_graph import KerasAdapter, PyAttrHandle, dtype_name, generic_or
+from ._keras_graph import KerasAdapter, PyAttrHandle, dtype_name, generic_or, tf_adopt
 from ._keras_tables import TF_KERAS, TF_KERAS_LEGACY
 from ._private import PrivateAPI
 
@@ -114,6 +114,10 @@ class TfKerasAdapter(KerasAdapter):
 
     def assign(self, var, value):
         var.assign(value)
+
+    def adopt(self, var, value):
+        if not (isinstance(var, tf.Variable) and tf_adopt(var, value)):
+            var.assign(value)
 
     def snapshot(self, var):
         # A TensorFlow read tensor shares the variable's buffer, which an assignment then

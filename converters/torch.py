@@ -80,6 +80,22 @@ def _to_numpy(t: torch.Tensor) -> np.ndarray:
     return t.numpy()
 
 
+def _state_tensor(value, current: torch.Tensor, *, adopt: bool) -> torch.Tensor:
+    """A new state tensor holding ``value``, shaped, typed and placed as ``current``.
+
+    ``adopt``: ``value`` is given up by the core, so a CPU tensor of its dtype is a tensor
+    over its memory (no copy); otherwise, and for any other device or dtype, a copy."""
+    src = _from_numpy(value).reshape(current.shape)
+    arr = np.asarray(value)
+    if (adopt and current.device.type == "cpu" and src.dtype == current.dtype
+            and arr.flags.writeable and arr.flags.c_contiguous):
+        return src
+    out = torch.empty_like(current, memory_format=torch.contiguous_format)
+    with torch.no_grad():
+        out.copy_(src)
+    return out
+
+
 def _from_numpy(value) -> torch.Tensor:
     """A tensor over ``value``'s memory (only ever read: the source of a ``copy_``)."""
     arr = np.asarray(value)
@@ -352,8 +368,9 @@ class TorchAdapter(BaseAdapter):
                                              device=handle.param.device)
             current = entry[key]
             if isinstance(current, torch.Tensor):
-                with torch.no_grad():
-                    current.copy_(_from_numpy(value).reshape(current.shape))
+                # a new tensor, as load_state_dict puts in, never a write into the old one:
+                # the old one is then the rollback snapshot, kept without a copy
+                entry[key] = _state_tensor(value, current, adopt=False)
             else:
                 py = handle.spec.python or type(current)
                 entry[key] = py(np.asarray(value).item())
@@ -370,12 +387,30 @@ class TorchAdapter(BaseAdapter):
             return
         raise TypeError(f"not a torch adapter handle: {type(handle).__name__}")
 
+    def adopt(self, handle, value) -> None:
+        """``assign``, keeping ``value``'s memory as the state tensor's when it can (the core
+        gives the array up): a CPU state tensor of the array's dtype becomes a tensor over it."""
+        if isinstance(handle, _StateSlot):
+            current = (handle.state.get(handle.param) or {}).get(handle.spec.key)
+            if isinstance(current, torch.Tensor):
+                handle.state[handle.param][handle.spec.key] = _state_tensor(value, current,
+                                                                             adopt=True)
+                return
+        self.assign(handle, value)
+
     def snapshot(self, handle):
-        if isinstance(handle, _StateSlot) and not handle.existed:
-            return ABSENT
+        if isinstance(handle, _StateSlot):
+            if not handle.existed:
+                return ABSENT
+            current = handle.state[handle.param][handle.spec.key]
+            if isinstance(current, torch.Tensor) and current.device.type == "cpu":
+                return current  # assign and adopt replace it, never write into it
         return np.array(self.read(handle))
 
     def restore(self, handle, snapshot) -> None:
+        if isinstance(snapshot, torch.Tensor):
+            handle.state[handle.param][handle.spec.key] = snapshot
+            return
         if snapshot is ABSENT:
             entry = handle.state.get(handle.param)
             if entry is None:

@@ -135,6 +135,15 @@ def export_state(model, path, *, optimizer=None, include_weights=False, metadata
 def apply_state(model, state: OptimizerState, *, optimizer=None, strict=True, mapping=None,
                 include_weights=False, rollback=True, resize=None):
     """Plan ``state`` against ``model`` (every check), then assign it all or nothing."""
+    return _apply(model, state, optimizer=optimizer, strict=strict, mapping=mapping,
+                  include_weights=include_weights, rollback=rollback, resize=resize,
+                  owned=False)
+
+
+def _apply(model, state, *, optimizer, strict, mapping, include_weights, rollback, resize,
+           owned):
+    """``apply_state``; ``owned``: ``state``'s arrays are ours alone (read or copied here,
+    dropped afterwards), so an adapter may adopt them rather than copy them."""
     adapter = adapter_for(model)
     desc, opt = _describe(adapter, model, optimizer, create=True)
     ids = identities(desc)
@@ -144,20 +153,22 @@ def apply_state(model, state: OptimizerState, *, optimizer=None, strict=True, ma
     report, assignments = plan_import(state, target, mapping=mapping, strict=strict,
                                       include_weights=include_weights, resize=resize,
                                       identities=ids, read=lambda v: adapter.read(v.handle))
-    report.assigned = _journal.apply(adapter, assignments, rollback=rollback)
+    report.assigned = _journal.apply(adapter, assignments, rollback=rollback, owned=owned)
     return report
 
 
 def import_state(model, path, *, optimizer=None, strict=True, mapping=None,
                  include_weights=False, rollback=True, resize=None):
     state = read(path, verify=True)
-    return apply_state(model, state, optimizer=optimizer, strict=strict, mapping=mapping,
-                       include_weights=include_weights, rollback=rollback, resize=resize)
+    return _apply(model, state, optimizer=optimizer, strict=strict, mapping=mapping,
+                  include_weights=include_weights, rollback=rollback, resize=resize,
+                  owned=True)
 
 
 def transfer_state(src_model, dst_model, *, src_optimizer=None, optimizer=None, strict=True,
                    mapping=None, include_weights=False, rollback=True, resize=None):
     state = source_state(src_model, optimizer=src_optimizer, include_weights=include_weights,
                          materialize=True)
-    return apply_state(dst_model, state, optimizer=optimizer, strict=strict, mapping=mapping,
-                       include_weights=include_weights, rollback=rollback, resize=resize)
+    return _apply(dst_model, state, optimizer=optimizer, strict=strict, mapping=mapping,
+                  include_weights=include_weights, rollback=rollback, resize=resize,
+                  owned=True)

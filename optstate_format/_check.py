@@ -29,13 +29,6 @@ class CheckReport:
         return "\n".join([head] + [f"  warning: {w}" for w in self.warnings])
 
 
-def _nonfinite(arr):
-    name = _dtypes.name_of(arr.dtype) if arr.dtype != np.uint16 else "uint16"
-    if name not in ("float16", "float32", "float64"):
-        return 0
-    return int(arr.size - np.count_nonzero(np.isfinite(arr)))
-
-
 def check(path, *, progress=None) -> CheckReport:
     """Validate ``path`` completely (container, header, every checksum).
 
@@ -62,12 +55,12 @@ def _check(path, progress=None):
     for w in state.weights:
         for name, arr in w.slots.items():
             n += 1
-            bad = _nonfinite(arr)
+            bad = _dtypes.count_nonfinite(arr)
             if bad:
                 rep.warnings.append(f"{w.path} slot {name!r}: {bad} NaN/Inf value(s)")
         if w.value is not None:
             n += 1
-            bad = _nonfinite(w.value)
+            bad = _dtypes.count_nonfinite(w.value)
             if bad:
                 rep.warnings.append(f"{w.path} value: {bad} NaN/Inf value(s)")
     rep.tensors = n

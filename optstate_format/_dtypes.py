@@ -73,3 +73,30 @@ def from_code(code, *, key=None) -> str:
 
 def itemsize(name: str) -> int:
     return DTYPES[name][2]
+
+
+_FINITE_CHUNK = 1 << 22
+_FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+
+
+def count_nonfinite(arr) -> int:
+    """How many NaN/Inf values a float16/32/64 array holds (0 for any other dtype).
+
+    A finite sum proves there are none (NaN and Inf survive any sum), so the usual array
+    costs one read and no temporary; only a sum that is not finite (a NaN or Inf, or an
+    overflow of large finite values) is counted exactly, chunk by chunk.
+
+    >>> count_nonfinite(np.array([1.0, np.nan, np.inf, -np.inf, 2.0], np.float32))
+    3
+    >>> count_nonfinite(np.full(4, 60000.0, np.float16)), count_nonfinite(np.arange(3))
+    (0, 0)
+    """
+    arr = np.asarray(arr)
+    if arr.dtype not in _FLOATS or arr.size == 0:
+        return 0
+    flat = arr.reshape(-1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(np.add.reduce(flat)):
+            return 0
+    return sum(int(flat[i:i + _FINITE_CHUNK].size - np.count_nonzero(
+        np.isfinite(flat[i:i + _FINITE_CHUNK]))) for i in range(0, flat.size, _FINITE_CHUNK))

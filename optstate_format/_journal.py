@@ -129,7 +129,7 @@ def _rollback(adapter, journal):
     return failed
 
 
-def apply(adapter, assignments, *, rollback: bool = True) -> int:
+def apply(adapter, assignments, *, rollback: bool = True, owned: bool = False) -> int:
     """Make every assignment (variable, shape, array) through ``adapter``, all or nothing.
 
     Returns the number assigned. On any failure, or an interrupt, every variable
@@ -137,16 +137,24 @@ def apply(adapter, assignments, *, rollback: bool = True) -> int:
     as ``KeyboardInterrupt``, a framework error as ``OptStateError`` ``E_ASSIGN``. If
     a restore fails too, ``E_ROLLBACK`` names how many variables may differ.
     ``rollback=False`` keeps no journal: a failure then leaves a partial import and
-    says so (``E_ASSIGN``).
+    says so (``E_ASSIGN``). ``owned=True``: the arrays are the caller's to give away (an
+    import's private arrays); an adapter with ``adopt`` may keep each one as the variable's
+    memory. An array listed twice is adopted once at most.
     """
     journal = []
     done = 0
+    adopt = getattr(adapter, "adopt", None) if owned else None
+    given = set()
     with _HeldInterrupts() as held:
         try:
             for var, arr in assignments:
                 if rollback:
                     journal.append((var.handle, _entry(adapter, var.handle, var.shape)))
-                adapter.assign(var.handle, arr)
+                if adopt is not None and id(arr) not in given:
+                    given.add(id(arr))
+                    adopt(var.handle, arr)
+                else:
+                    adapter.assign(var.handle, arr)
                 done += 1
                 if held.arrived:
                     raise KeyboardInterrupt

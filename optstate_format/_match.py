@@ -482,21 +482,8 @@ def _fits(arr, dst: str) -> bool:
     return lo <= int(arr.min()) and int(arr.max()) <= hi
 
 
-_FINITE_CHUNK = 1 << 22
-
-
-def _nonfinite(arr) -> int:
-    """How many NaN/Inf values a floating array holds (0 for other dtypes), chunk by chunk."""
-    arr = np.asarray(arr)
-    if arr.dtype.kind != "f" or arr.size == 0:
-        return 0
-    flat = arr.reshape(-1)
-    return sum(int(flat[i:i + _FINITE_CHUNK].size - np.count_nonzero(
-        np.isfinite(flat[i:i + _FINITE_CHUNK]))) for i in range(0, flat.size, _FINITE_CHUNK))
-
-
 def _note_nonfinite(report, arr, what):
-    bad = _nonfinite(arr)
+    bad = _dtypes.count_nonfinite(arr)
     if bad:
         report.notes.append(f"{what}: {bad} NaN/Inf value(s), imported as they are")
 

@@ -158,6 +158,11 @@ class Adapter(Protocol):
     def assign(self, handle, value: np.ndarray) -> None:
         """Set the variable to ``value`` (shape and dtype already checked by the core)."""
 
+    # Optional: ``adopt(handle, value)``. As ``assign``, for an array the core hands over for
+    # good (an import's private array, read from the file and used by nothing else): the
+    # adapter MAY make it the variable's memory instead of copying it. The core calls it,
+    # when present, only on such arrays; an adapter without it gets ``assign``.
+
     def snapshot(self, handle):
         """The current value, unaffected by later assignments, or :data:`ABSENT`."""
 

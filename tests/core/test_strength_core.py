@@ -1132,3 +1132,104 @@ def test_without_rollback_the_failure_message_counts_the_assignments_made():
     with pytest.raises(OptStateError) as e:
         _journal.apply(Ad(), plan, rollback=False)
     assert "after 2 of 3 assignments" in str(e.value)
+
+
+# ---- adopt: an import's own arrays may become the variables' memory (issue 16) -------------
+
+class AdoptingAdapter(CountingAdapter):
+    """Keeps an adopted array as the variable itself (no copy), as a zero-copy framework."""
+
+    def __init__(self, desc, opt):
+        super().__init__(desc, opt)
+        self.adopted = []
+
+    def adopt(self, handle, value):
+        self.adopted.append(handle)
+        self.values[handle] = value
+
+
+def adopting_model(state, monkeypatch):
+    ad = counting_model(state, monkeypatch)
+    new = AdoptingAdapter(ad.desc, ad.opt)
+    new.values = ad.values
+    monkeypatch.setattr(_api, "adapter_for", lambda model: new)
+    return new
+
+
+def test_an_import_from_a_file_hands_its_own_arrays_to_adopt(monkeypatch, tmp_path):
+    st = named_state()
+    path = osf.write(st, tmp_path / "a.optstate")
+    ad = adopting_model(st, monkeypatch)
+    report = _api.import_state(object(), path)
+    assert report.assigned == 3 * 2 + 1
+    assert sorted(map(str, ad.adopted)) == sorted(map(str, [(w.path, s) for w in st.weights
+                                                           for s in w.slots] + ["iterations"]))
+    assert ad.assigned == []  # nothing copied
+    for w in st.weights:
+        for s, arr in w.slots.items():
+            np.testing.assert_array_equal(ad.values[(w.path, s)], arr)
+            assert ad.values[(w.path, s)] is not arr  # the file's array, not the caller's
+
+
+def test_a_callers_state_is_never_adopted(monkeypatch):
+    """apply_state's arrays belong to the caller: adopting one would let a later write to
+    the caller's array change the model behind its back."""
+    st = named_state()
+    ad = adopting_model(st, monkeypatch)
+    _api.apply_state(object(), st)
+    assert ad.adopted == [] and len(ad.assigned) == 3 * 2 + 1
+    w = st.weights[0]
+    w.slots["m"][...] = 99.0  # the caller reuses its array
+    assert not np.any(ad.values[(w.path, "m")] == 99.0)
+
+
+def test_a_transfer_adopts_its_own_copies(monkeypatch):
+    st = named_state()
+    ad = adopting_model(st, monkeypatch)
+    for w in st.weights:
+        for s, arr in w.slots.items():
+            ad.values[(w.path, s)] = arr.copy()
+    src = {k: np.array(v) for k, v in ad.values.items()}
+    _api.transfer_state(object(), object())
+    assert len(ad.adopted) == 3 * 2 + 1 and ad.assigned == []
+    for k, v in src.items():
+        if k in ad.adopted:
+            assert ad.values[k] is not v
+            np.testing.assert_array_equal(ad.values[k], v)
+
+
+def test_one_array_listed_twice_is_adopted_once_and_copied_after():
+    from optstate_format import _journal
+    ad = AdoptingAdapter(None, None)
+    shared = np.arange(4, dtype=np.float32)
+    ad.values = {"a": np.zeros(4, np.float32), "b": np.zeros(4, np.float32)}
+    n = _journal.apply(ad, [(Variable("a", (4,), "float32"), shared),
+                            (Variable("b", (4,), "float32"), shared)], owned=True)
+    assert n == 2 and ad.adopted == ["a"] and ad.assigned == ["b"]
+    assert ad.values["a"] is shared and ad.values["b"] is not shared
+
+
+def test_an_adapter_without_adopt_gets_assign_and_a_failed_adopt_rolls_back(monkeypatch,
+                                                                             tmp_path):
+    st = named_state()
+    path = osf.write(st, tmp_path / "a.optstate")
+    ad = counting_model(st, monkeypatch)  # no adopt
+    _api.import_state(object(), path)
+    assert len(ad.assigned) == 3 * 2 + 1
+    ad2 = adopting_model(st, monkeypatch)
+    for k in ad2.values:
+        ad2.values[k] = np.full_like(ad2.values[k], 7)
+    before = {k: v.copy() for k, v in ad2.values.items()}
+    real = ad2.adopt
+
+    def failing(handle, value):
+        if len(ad2.adopted) == 4:
+            raise RuntimeError("device went away")
+        real(handle, value)
+    ad2.adopt = failing
+    with pytest.raises(OptStateError) as e:
+        _api.import_state(object(), path)
+    assert e.value.code == "E_ASSIGN" and len(ad2.adopted) == 4
+    assert ad2.values.keys() == before.keys()
+    for k in before:
+        np.testing.assert_array_equal(ad2.values[k], before[k])

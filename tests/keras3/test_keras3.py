@@ -129,15 +129,17 @@ def test_changed_units_is_a_match_error_naming_the_weight_and_nothing_changes(tm
 def fail_assignment(monkeypatch, at, exc):
     """Make the converter's ``at``-th assignment raise ``exc``; return the call counter."""
     calls = {"n": 0}
-    real = conv.ADAPTER.assign
 
-    def failing(var, value):
-        calls["n"] += 1
-        if calls["n"] == at:
-            raise exc
-        real(var, value)
+    def failing(real):  # an import's own arrays go through adopt, the rest through assign
+        def call(var, value):
+            calls["n"] += 1
+            if calls["n"] == at:
+                raise exc
+            real(var, value)
+        return call
 
-    monkeypatch.setattr(conv.ADAPTER, "assign", failing)
+    monkeypatch.setattr(conv.ADAPTER, "assign", failing(conv.ADAPTER.assign))
+    monkeypatch.setattr(conv.ADAPTER, "adopt", failing(conv.ADAPTER.adopt))
     return calls
 
 
@@ -707,3 +709,39 @@ def test_keras_auto_names_are_recognized(name, cls):
     from optstate_format.converters._keras_graph import is_auto_name
     assert is_auto_name(name, cls)
     assert not is_auto_name("encoder", cls) and not is_auto_name(f"{name}_head", cls)
+
+
+def test_tf_adopt_takes_over_only_arrays_tensorflow_can_keep():
+    """The zero-copy assignment of an import's own arrays (issue 16): an aligned, writable,
+    C-contiguous array of the variable's dtype becomes its value; anything else is refused
+    (the caller then copies), never handed to TensorFlow misaligned (which aborts)."""
+    import tensorflow as tf
+    from optstate_format._io import _new_array
+    from optstate_format.converters._keras_graph import tf_adopt
+    var = tf.Variable(np.zeros((512, 1024), np.float32))
+    arr = _new_array((512, 1024), np.dtype(np.float32), 512 * 1024 * 4)
+    arr[...] = np.arange(512 * 1024, dtype=np.float32).reshape(512, 1024)
+    expect = arr.copy()
+    assert tf_adopt(var, arr)
+    np.testing.assert_array_equal(var.numpy(), expect)
+    raw = np.zeros(512 * 1024 * 4 + 64, np.uint8)
+    start = 4 + (-raw.ctypes.data % 64)  # 4 bytes past a 64-byte boundary
+    misaligned = raw[start:start + 512 * 1024 * 4].view(np.float32).reshape(512, 1024)
+    assert misaligned.ctypes.data % 64 == 4
+    assert not tf_adopt(var, misaligned)
+    ro = expect.copy()
+    ro.flags.writeable = False
+    assert not tf_adopt(var, ro)
+    def aligned(shape, dtype):
+        dt = np.dtype(dtype)
+        out = _new_array(shape, dt, int(np.prod(shape)) * dt.itemsize)
+        out[...] = 5
+        assert out.ctypes.data % 64 == 0
+        return out
+    assert not tf_adopt(var, aligned((1024, 512), np.float32).T)    # not C-contiguous
+    assert not tf_adopt(var, aligned((512, 1024), np.float64))      # another dtype
+    assert not tf_adopt(var, aligned((1024, 512), np.float32))      # another shape
+    assert tf_adopt(var, aligned((512, 1024), np.float32))          # the control: adopted
+    np.testing.assert_array_equal(var.numpy(), np.full((512, 1024), 5, np.float32))
+    var.assign(expect)
+    np.testing.assert_array_equal(var.numpy(), expect)            # untouched by the refusals

@@ -78,16 +78,19 @@ def test_a_failure_mid_way_restores_every_assigned_value(trained, failure, tmp_p
     if trained:
         steps(dst, dst_opt, 2, start=10)
     before, weights = snapshot(dst_opt), copy.deepcopy(dst.state_dict())
-    calls, raised, real = [], [], conv.ADAPTER.assign
+    calls, raised = [], []
 
-    def failing(handle, value):
-        calls.append(handle)
-        if len(calls) == 9:
-            raised.append(handle)
-            raise failure("injected failure")
-        real(handle, value)  # (the rollback's own restores come through here too)
+    def failing(real):  # the import's own arrays go through adopt, the rest through assign
+        def call(handle, value):
+            calls.append(handle)
+            if len(calls) == 9:
+                raised.append(handle)
+                raise failure("injected failure")
+            real(handle, value)  # (the rollback's own restores come through here too)
+        return call
 
-    monkeypatch.setattr(conv.ADAPTER, "assign", failing)
+    monkeypatch.setattr(conv.ADAPTER, "assign", failing(conv.ADAPTER.assign))
+    monkeypatch.setattr(conv.ADAPTER, "adopt", failing(conv.ADAPTER.adopt))
     with pytest.raises(OptStateError if failure is RuntimeError else KeyboardInterrupt) as e:
         import_state(dst, path, optimizer=dst_opt, include_weights=True)
     if failure is RuntimeError:
@@ -305,3 +308,43 @@ def test_transfer_between_live_models_needs_no_file():
     steps(src, opt, 1, start=2)
     steps(dst, dst_opt, 1, start=2)
     assert all(torch.equal(a, b) for a, b in zip(by_name(src).values(), by_name(dst).values()))
+
+
+def test_an_import_replaces_state_tensors_and_never_writes_into_the_old_ones(tmp_path,
+                                                                             monkeypatch):
+    """State tensors are replaced, as load_state_dict does, never written into: the old
+    tensor is the rollback snapshot without a copy (issue 16), so a refused import puts the
+    very same objects back and one that lands leaves the old objects as they were."""
+    src = Pair(8)
+    src_opt = O.Adam(src.parameters(), lr=0.01)
+    steps(src, src_opt, 3)
+    path = export_state(src, tmp_path / "src.optstate", optimizer=src_opt)
+    dst = Pair(8)
+    dst_opt = O.Adam(dst.parameters(), lr=0.01)
+    steps(dst, dst_opt, 2, start=10)
+    old = {id(p): dict(dst_opt.state[p]) for p in dst.parameters()}
+    old_values = {i: {k: v.clone() for k, v in st.items()} for i, st in old.items()}
+    calls = []
+    real = conv.ADAPTER.adopt
+
+    def failing(handle, value):
+        calls.append(handle)
+        if len(calls) == 5:
+            raise RuntimeError("injected failure")
+        real(handle, value)
+    monkeypatch.setattr(conv.ADAPTER, "adopt", failing)
+    with pytest.raises(OptStateError):
+        import_state(dst, path, optimizer=dst_opt)
+    assert len(calls) == 5
+    for p in dst.parameters():
+        for k, v in dst_opt.state[p].items():
+            assert torch.equal(v, old_values[id(p)][k])
+            if k != "step":  # (a scalar is journalled as its value: a new tensor comes back)
+                assert v is old[id(p)][k]  # the same object back
+    monkeypatch.undo()
+    import_state(dst, path, optimizer=dst_opt)
+    for p in dst.parameters():
+        for k in ("exp_avg", "exp_avg_sq"):
+            assert dst_opt.state[p][k] is not old[id(p)][k]
+            assert torch.equal(old[id(p)][k], old_values[id(p)][k])  # never written into
+    assert bitwise_equal(state_by_name(dst, dst_opt), state_by_name(src, src_opt))
