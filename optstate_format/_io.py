@@ -165,6 +165,9 @@ def _plan(state: OptimizerState):
         table[key] = (dtype, shape)
     # Checksums are known only once the bytes are written; validate with placeholders.
     doc["checksums"] = {key: 0 for key in table}
+    # The container's dtypes and shapes, attested by the checksummed document (spec 3.6).
+    doc[_header.TABLE_FIELD] = _header.table_crc32(table)
+    doc = dict(sorted(doc.items()))
     _header.validate(doc, table, CURRENT_VERSION)
     _check_empty_tensors(sum(1 for _, shape in table.values() if 0 in shape), len(table))
     # Data tensors sorted by (itemsize desc, key): every offset stays aligned.

@@ -303,6 +303,18 @@ def invalid_cases(base: bytes):
         doc["globals"]["again"] = "global:iterations"
     cases["tensor_referenced_twice"] = (_rewrite_doc(base, twice), "E_DUPLICATE_KEY",
                                         "FormatError")
+    # --- the tensor table attested by the header document (spec 3.6) ---
+    t = json.loads(json.dumps(table))
+    t[key]["dtype"] = "I32"  # same item size: offsets, tiling and checksums still agree
+    cases["table_dtype_f32_to_i32"] = (_join(t, data), "E_TABLE_CHECKSUM", "IntegrityError")
+    t = json.loads(json.dumps(table))
+    t[key]["shape"] = [4]  # [2, 2] -> [4]: the same 16 bytes (else E_SLOT_SHAPE, later)
+    cases["table_shape_same_bytes"] = (_join(t, data), "E_TABLE_CHECKSUM", "IntegrityError")
+
+    def no_table_crc(doc):
+        del doc["table_crc32"]
+    cases["table_crc32_missing"] = (_rewrite_doc(base, no_table_crc), "E_SCHEMA",
+                                    "FormatError")
     # --- data (spec 6) ---
     cases["bool_byte_2"] = (_bool_byte_2(), "E_BOOL_VALUE", "FormatError")
     return cases
