@@ -943,7 +943,7 @@ def _guarded(fn, *args):
                           code="E_FORMAT") from e
 
 
-def _read(path, verify, progress=None):
+def _read(path, verify, progress=None, with_dtypes=False):
     cont = _Container(path)
     try:
         arrays = cont.read_all(verify, progress)
@@ -964,11 +964,14 @@ def _read(path, verify, progress=None):
             trainable=w["trainable"], hints=w["hints"], component=w.get("component", 0),
             slots={k: arrays[v] for k, v in w["slots"].items()},
             value=arrays[w["value"]] if w.get("value") is not None else None))
-    return OptimizerState(
+    state = OptimizerState(
         optimizer=info, step=doc["step"], weights=weights,
         globals={k: arrays[v] for k, v in doc["globals"].items()},
         producer=doc["producer"], metadata=doc.get("metadata", {}),
         version=f"{version[0]}.{version[1]}")
+    if with_dtypes:
+        return state, {key: entry[0] for key, entry in cont.tensors.items()}
+    return state
 
 
 def read(path, *, verify: bool = True, progress=None) -> OptimizerState:
@@ -993,6 +996,13 @@ def read(path, *, verify: bool = True, progress=None) -> OptimizerState:
     optstate_format._errors.FormatError: E_IO: cannot open 'missing.optstate': No such file or directory.
     """
     return _guarded(_read, path, verify, progress)
+
+
+def read_with_dtypes(path, *, verify: bool = True, progress=None):
+    """:func:`read`, and the dtype name the container gives each tensor key (the summary of
+    spec 13.1 takes dtypes from the container: a bfloat16 tensor read as raw 16-bit words
+    where no bfloat16 type is installed is still a bfloat16)."""
+    return _guarded(_read, path, verify, progress, True)
 
 
 def _read_doc_only(path):

@@ -24,12 +24,17 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from optstate_format import _registry  # noqa: E402
-from optstate_format._check import summarize  # noqa: E402
+from optstate_format._check import summary  # noqa: E402
 from optstate_format._io import read, write  # noqa: E402
 from optstate_format._state import OptimizerInfo, OptimizerState, WeightEntry  # noqa: E402
 from optstate_format._versions import CURRENT_VERSION  # noqa: E402
 
 PRODUCER = {"framework": "conformance", "framework_version": "1"}
+
+
+def _bfloat16():
+    import ml_dtypes  # the generator needs it; readers of the vector do not
+    return ml_dtypes.bfloat16
 
 
 def _arr(shape, dtype="float32", seed=0):
@@ -116,6 +121,20 @@ def valid_states():
                                         "count": np.array(3, np.int64)})],
             globals={"iterations": it(3), "nan_and_inf": np.array(
                 [np.nan, np.inf, -np.inf, 0.0], np.float32)}),
+        # The summary's value forms (spec 13.1): non-finite floats, bool, uint64 beyond 2^63,
+        # bfloat16, a float32 that is not a short decimal, a one-element array (no value).
+        "summary_values": OptimizerState(
+            OptimizerInfo("sgd", "SGD", "keras.optimizers",
+                          {"momentum": 0.0, "clipvalue": float("nan"), "seed": 2 ** 64 - 1,
+                           "nesterov": False, "name": None},
+                          {"kind": "constant", "value": 0.1}),
+            step=2 ** 40, producer=PRODUCER,
+            weights=[WeightEntry("dense/bias", (2,), "bfloat16", slots={})],
+            globals={"nan": np.array(np.nan, np.float32), "inf": np.array(np.inf),
+                     "minus_inf": np.array(-np.inf, np.float16),
+                     "flag": np.array(True), "big": np.array(2 ** 64 - 1, np.uint64),
+                     "half": np.array(1.5, _bfloat16()), "tenth": np.array(0.1, np.float32),
+                     "one_element": np.array([7], np.int32)}),
         # 1.1: both structural hints; a user layer whose two weights have generated names
         # (roles #0 and #1, spec 8.3), so their name hints are nil.
         "two_ended_roles": OptimizerState(
@@ -349,6 +368,17 @@ def newer_minor(base: bytes) -> bytes:
     return _rewrite_doc(raw, edit)
 
 
+def optional_fields_absent(base: bytes) -> bytes:
+    """minimal_sgd without any optional field (4, 4.1, 4.2, 8.1): the summary's defaults."""
+    def edit(doc):
+        for field in ("module", "hyperparameters", "learning_rate", "wrappers"):
+            del doc["optimizer"][field]
+        del doc["metadata"]
+        del doc["weights"][0]["value"]
+        doc["weights"][0]["hints"] = {}
+    return _rewrite_doc(base, edit)
+
+
 def framework_tables():
     """Every converter's naming table (informative columns of optimizers.md)."""
     from optstate_format.converters import _keras_tables, _torch_tables
@@ -425,16 +455,13 @@ def build(out: Path):
     valid.mkdir(parents=True, exist_ok=True)
     invalid.mkdir(parents=True, exist_ok=True)
     for name, state in valid_states().items():
-        path = write(state, valid / f"{name}.optstate", fsync=False)
-        summary = summarize(read(path))
-        (valid / f"{name}.expected.json").write_text(
-            json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        write(state, valid / f"{name}.optstate", fsync=False)
     base = (valid / "minimal_sgd.optstate").read_bytes()
-    raw = newer_minor(base)
-    (valid / "newer_minor_version.optstate").write_bytes(raw)
-    tmp = valid / "newer_minor_version.optstate"
-    (valid / "newer_minor_version.expected.json").write_text(
-        json.dumps(summarize(read(tmp)), indent=2, sort_keys=True) + "\n")
+    (valid / "newer_minor_version.optstate").write_bytes(newer_minor(base))
+    (valid / "optional_fields_absent.optstate").write_bytes(optional_fields_absent(base))
+    for path in sorted(valid.glob("*.optstate")):  # the summary of spec 13.1
+        path.with_suffix(".expected.json").write_text(
+            json.dumps(summary(path), indent=2, sort_keys=True, allow_nan=False) + "\n")
     for name, (raw, code, cls) in invalid_cases(base).items():
         (invalid / f"{name}.optstate").write_bytes(raw)
         (invalid / f"{name}.expected.json").write_text(

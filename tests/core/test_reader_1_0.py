@@ -2,6 +2,7 @@
 verbatim from the last 1.0 commit): it reads every valid vector of this version, including the
 1.1 field `table_crc32` it does not know, to the same weights, slots, globals and step."""
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -42,7 +43,6 @@ def test_the_1_0_reader_reads_every_valid_vector_as_we_do(path):
     old, new = reader_1_0.read(path), osf.read(path)
     assert (old.step, old.version) == (new.step, new.version)
     assert old.optimizer.algorithm == new.optimizer.algorithm
-    assert old.optimizer.hyperparameters == new.optimizer.hyperparameters
     assert sorted(old.globals) == sorted(new.globals)
     for name in new.globals:
         _same(old.globals[name], new.globals[name])
@@ -56,7 +56,11 @@ def test_the_1_0_reader_reads_every_valid_vector_as_we_do(path):
         assert (wo.value is None) == (wn.value is None)
         if wn.value is not None:
             _same(wo.value, wn.value)
-    assert reader_1_0.summarize(old) == osf._check.summarize(new)
+    for a, b in ((old.optimizer.hyperparameters, new.optimizer.hyperparameters),
+                 (old.optimizer.learning_rate, new.optimizer.learning_rate),
+                 (old.optimizer.components, new.optimizer.components),
+                 (old.producer, new.producer), (old.metadata, new.metadata)):
+        assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # NaN == NaN
 
 
 def test_the_vectors_include_the_fields_the_1_0_reader_must_ignore():
