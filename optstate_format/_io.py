@@ -693,7 +693,7 @@ def _parse_table(raw: bytes):
                 break
     if not _END_RE.match(text, pos):
         _fail(f"the container header has bytes after its JSON object (byte {8 + pos}); only "
-              "spaces may pad it.", "E_CONTAINER")
+              "JSON whitespace may follow it (spec 3.2).", "E_CONTAINER")
     return meta, entries
 
 
@@ -828,12 +828,13 @@ class _Container:
             _fail(f"header document is {end - start} bytes; the limit is "
                   f"{_header.MAX_DOC_BYTES}.", "E_LIMIT")
         crc = meta.get(META_HEADER_CRC)
-        if not isinstance(crc, str) or not re.fullmatch(r"[0-9a-fA-F]{8}", crc):
-            _fail(f"metadata {META_HEADER_CRC!r} must be 8 hex digits.", "E_CONTAINER")
+        if not isinstance(crc, str) or not re.fullmatch(r"[0-9a-f]{8}", crc):
+            _fail(f"metadata {META_HEADER_CRC!r} is {str(crc)[:20]!r}; it must be 8 lowercase "
+                  "hex digits (spec 3.3).", "E_CONTAINER")
         buf = bytearray(end - start)
         got = self.file.read_into(memoryview(buf), self.data_start + start, with_crc=True,
                                   what="the header document")
-        if f"{got:08x}" != crc.lower():
+        if f"{got:08x}" != crc:
             raise IntegrityError("the header document does not match its checksum: the file is "
                                  "damaged. Restore it from a copy.", code="E_HEADER_CHECKSUM",
                                  key=HEADER_KEY)

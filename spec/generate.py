@@ -189,8 +189,9 @@ def _replace_header_blob(table, data, blob):
     return _join(table, data[:s] + blob)
 
 
-def invalid_cases(base: bytes):
-    """name -> (bytes, expected code, expected error class). ``base``: minimal_sgd bytes."""
+def invalid_cases(base: bytes, others=None):
+    """name -> (bytes, expected code, expected error class). ``base``: minimal_sgd bytes;
+    ``others``: the other valid vectors' bytes by name."""
     table, data = _split(base)
     cases = {}
     cases["truncated"] = (base[:len(base) - 10], "E_TRUNCATED", "FormatError")
@@ -336,7 +337,151 @@ def invalid_cases(base: bytes):
                                     "FormatError")
     # --- data (spec 6) ---
     cases["bool_byte_2"] = (_bool_byte_2(), "E_BOOL_VALUE", "FormatError")
+    cases.update(_one_per_must(base, others or {}))
     return cases
+
+
+def _doc_case(base, code, edit, cls="FormatError"):
+    return _rewrite_doc(base, edit), code, cls
+
+
+def _table_case(base, code, edit, cls="FormatError"):
+    table, data = _split(base)
+    edit(table)
+    return _join(table, data), code, cls
+
+
+def _text_case(base, code, edit, cls="FormatError", pad=b" "):
+    """The container header's JSON text edited as bytes, then padded with ``pad``."""
+    table, data = _split(base)
+    body = edit(json.dumps(table, sort_keys=True, separators=(",", ":")).encode())
+    body += pad * ((-(8 + len(body))) % 8 or 8)
+    return struct.pack("<Q", len(body)) + body + data, code, cls
+
+
+def _set(*keys, value):
+    def edit(obj):
+        for k in keys[:-1]:
+            obj = obj[k]
+        obj[keys[-1]] = value
+    return edit
+
+
+def _drop(*keys):
+    def edit(obj):
+        for k in keys[:-1]:
+            obj = obj[k]
+        del obj[keys[-1]]
+    return edit
+
+
+def _rename(where, old, new):
+    def edit(doc):
+        mapping = doc[where] if where == "globals" else doc["weights"][0]["slots"]
+        mapping[new] = mapping.pop(old)
+    return edit
+
+
+def _one_per_must(base: bytes, others: dict):
+    """Issue 14 points 4 and 10: one vector per MUST, each breaking that rule alone, so the
+    normative order of spec 3.5 gives it a single right code."""
+    key = "slot:dense/kernel:momentum"
+    table, data = _split(base)
+    hs, he = table["optstate:header"]["data_offsets"]
+    blob = data[hs:he]
+    c = {}
+    # 3.5 step 1: the length field
+    c["file_of_7_bytes"] = (base[:7], "E_TRUNCATED", "FormatError")
+    # step 2: the container header's form (3.1, 3.2)
+    c["container_not_utf8"] = _text_case(base, "E_CONTAINER", lambda b: b.replace(
+        b'"optstate.format":"optstate"', b'"optstate.format":"optstate\xff"'))
+    c["container_padded_with_nul"] = _text_case(base, "E_CONTAINER", lambda b: b, pad=b"\0")
+    c["metadata_key_repeated"] = _text_case(base, "E_CONTAINER", lambda b: b.replace(
+        b'"optstate.format":"optstate",', b'"optstate.format":"optstate",' * 2))
+    c["tensor_entry_extra_member"] = _table_case(
+        base, "E_CONTAINER", _set("global:iterations", "extra", value=1))
+    # step 3: format and version (3.3, 10)
+    c["format_metadata_wrong"] = _table_case(
+        base, "E_NOT_OPTSTATE", _set("__metadata__", "optstate.format", value="optstate2"))
+    c["version_metadata_missing"] = _table_case(
+        base, "E_VERSION", _drop("__metadata__", "optstate.version"), "VersionError")
+    c["version_leading_zero"] = _table_case(
+        base, "E_VERSION", _set("__metadata__", "optstate.version", value="01.1"),
+        "VersionError")
+    c["version_three_parts"] = _table_case(
+        base, "E_VERSION", _set("__metadata__", "optstate.version", value="1.1.0"),
+        "VersionError")
+    # step 4: each tensor (3.1, 3.2, 9.3)
+    c["shape_rank_65"] = _table_case(base, "E_LIMIT", _set("global:iterations", "shape",
+                                                           value=[1] * 65))
+    c["offsets_disagree_with_shape"] = _table_case(base, "E_OFFSETS", _set(
+        "global:iterations", "shape", value=[2]))
+    # step 5: the header tensor and its checksum (3.3, 3.4)
+    c["header_tensor_missing"] = _table_case(
+        base, "E_NOT_OPTSTATE", _set("__metadata__", "optstate.header", value="optstate:other"))
+    c["header_tensor_not_u8"] = _table_case(base, "E_CONTAINER", _set(
+        "optstate:header", "dtype", value="I8"))
+    c["header_tensor_rank_2"] = _table_case(base, "E_CONTAINER", _set(
+        "optstate:header", "shape", value=[1, he - hs]))
+    c["header_crc32_missing"] = _table_case(
+        base, "E_CONTAINER", _drop("__metadata__", "optstate.header_crc32"))
+    c["header_crc32_uppercase"] = _table_case(base, "E_CONTAINER", _set(
+        "__metadata__", "optstate.header_crc32",
+        value=table["__metadata__"]["optstate.header_crc32"].upper()))
+    c["header_crc32_not_hex"] = _table_case(base, "E_CONTAINER", _set(
+        "__metadata__", "optstate.header_crc32", value="0x1234ab"))
+    # step 6: the document's msgpack (4)
+    t = json.loads(json.dumps(table))
+    c["msgpack_bytes_after_map"] = (_replace_header_blob(t, data, blob + b"\xc0"),
+                                    "E_HEADER_FORM", "FormatError")
+    c["msgpack_int_key"] = _doc_case(base, "E_HEADER_FORM", _set(
+        "optimizer", "hyperparameters", 7, value=1))
+    deep = {}
+    for _ in range(40):
+        deep = {"x": deep}
+    c["msgpack_nested_40_levels"] = _doc_case(base, "E_LIMIT", _set(
+        "optimizer", "hyperparameters", "deep", value=deep))
+    t = json.loads(json.dumps(table))
+    c["document_not_a_map"] = (_replace_header_blob(t, data, msgpack.packb([1, 2])),
+                               "E_SCHEMA", "FormatError")
+    # step 6: the document's fields (4, 4.1, 4.2, 5, 7.6)
+    c["header_format_differs"] = _doc_case(base, "E_SCHEMA", _set("format", value="optstat"))
+    c["header_version_differs"] = _doc_case(base, "E_SCHEMA", _set("version", value="1.0"))
+    c["step_bool"] = _doc_case(base, "E_SCHEMA", _set("step", value=True))
+    c["step_float"] = _doc_case(base, "E_SCHEMA", _set("step", value=1.0))
+    c["learning_rate_constant_without_value"] = _doc_case(base, "E_SCHEMA", _set(
+        "optimizer", "learning_rate", value={"kind": "constant"}))
+    c["global_name_with_space"] = _doc_case(base, "E_SCHEMA", _rename(
+        "globals", "iterations", "bad name"))
+    c["slot_name_with_space"] = _doc_case(base, "E_SCHEMA", _rename(
+        "slots", "momentum", "mo mentum"))
+    c["path_1025_characters"] = _doc_case(base, "E_PATH", _set(
+        "weights", 0, "path", value="\u00e9" * 1025))
+    c["path_c1_control"] = _doc_case(base, "E_PATH", _set(
+        "weights", 0, "path", value="dense\u0085/kernel"))
+    c["path_dot_dot_segment"] = _doc_case(base, "E_PATH", _set(
+        "weights", 0, "path", value="dense/../kernel"))
+    c["weight_dtype_outside_section_6"] = _doc_case(base, "E_DTYPE", _set(
+        "weights", 0, "dtype", value="float8_e4m3"))
+    c["hint_name_not_a_string"] = _doc_case(base, "E_SCHEMA", _set(
+        "weights", 0, "hints", "name", value=5))
+    c["component_without_multi"] = _doc_case(base, "E_SCHEMA", _set(
+        "weights", 0, "component", value=0))
+    c["checksums_entry_missing"] = _doc_case(base, "E_SCHEMA", _drop("checksums", key))
+    c["checksums_entry_extra"] = _doc_case(base, "E_SCHEMA", _set(
+        "checksums", "global:nowhere", value=0))
+    c["checksums_entry_for_header"] = _doc_case(base, "E_SCHEMA", _set(
+        "checksums", "optstate:header", value=zlib.crc32(blob)))
+    if "multi_optimizer" in others:
+        c["component_out_of_range"] = _doc_case(others["multi_optimizer"], "E_SCHEMA", _set(
+            "weights", 0, "component", value=2))
+    if "with_model_weights" in others:
+        def value_dtype(doc):
+            entry = next(w for w in doc["weights"] if w["path"] == "bn/moving_mean")
+            entry["dtype"] = "float64"
+        c["value_dtype_differs"] = _doc_case(others["with_model_weights"], "E_VALUE_SHAPE",
+                                             value_dtype)
+    return c
 
 
 def _bool_byte_2() -> bytes:
@@ -462,7 +607,8 @@ def build(out: Path):
     for path in sorted(valid.glob("*.optstate")):  # the summary of spec 13.1
         path.with_suffix(".expected.json").write_text(
             json.dumps(summary(path), indent=2, sort_keys=True, allow_nan=False) + "\n")
-    for name, (raw, code, cls) in invalid_cases(base).items():
+    others = {p.stem: p.read_bytes() for p in valid.glob("*.optstate")}
+    for name, (raw, code, cls) in invalid_cases(base, others).items():
         (invalid / f"{name}.optstate").write_bytes(raw)
         (invalid / f"{name}.expected.json").write_text(
             json.dumps({"code": code, "error": cls}, indent=2, sort_keys=True) + "\n")

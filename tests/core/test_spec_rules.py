@@ -11,7 +11,7 @@ import pytest
 
 import optstate_format as osf
 
-from crafting import HEADER, good_bytes, join, split
+from crafting import HEADER, doc_of, good_bytes, join, split, with_doc
 from helpers import adam_state
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -99,3 +99,134 @@ def test_a_dtype_outside_section_6_is_refused_in_a_newer_minor_too(tmp_path):
     with pytest.raises(osf.FormatError) as e:
         osf.read(p)
     assert e.value.code == "E_DTYPE"
+
+
+# --- spec 10.1b: the small questions of issue 14 point 10, each on a real file ------------
+
+def _refused_code(tmp_path, raw):
+    p = tmp_path / "x.optstate"
+    p.write_bytes(raw)
+    with pytest.raises(osf.OptStateError) as e:
+        osf.read(p)
+    assert osf.check(p).code == e.value.code
+    return e.value.code
+
+
+def _reads(tmp_path, raw):
+    p = tmp_path / "x.optstate"
+    p.write_bytes(raw)
+    assert osf.check(p).valid, osf.check(p)
+    return osf.read(p)
+
+
+def test_a_path_is_counted_in_code_points(tmp_path):
+    st = adam_state(n_weights=1)
+    st.weights[0].path = "\u00e9" * 1024  # 2048 bytes of UTF-8, 1024 code points
+    assert _reads(tmp_path, good_bytes(tmp_path, st)).weights[0].path == "\u00e9" * 1024
+    st.weights[0].path = "e\u0301" * 513  # 1026 code points, 513 after NFC: still too long
+    with pytest.raises(osf.FormatError) as e:
+        osf.write(st, tmp_path / "long.optstate")
+    assert e.value.code == "E_PATH"
+
+
+@pytest.mark.parametrize("pad,code", [(b"\n\t\r ", None), (b"\0", "E_CONTAINER"),
+                                      (b"\x0c", "E_CONTAINER")])
+def test_padding_json_whitespace_is_read_other_bytes_refused(tmp_path, pad, code):
+    table, data = split(good_bytes(tmp_path))
+    body = json.dumps(table, sort_keys=True, separators=(",", ":")).encode() + pad
+    raw = struct.pack("<Q", len(body)) + body + data
+    if code is None:
+        _reads(tmp_path, raw)
+    else:
+        assert _refused_code(tmp_path, raw) == code
+
+
+def test_the_header_crc32_is_lowercase(tmp_path):
+    table, data = split(good_bytes(tmp_path))
+    crc = table["__metadata__"]["optstate.header_crc32"]
+    assert crc == crc.lower()
+    table["__metadata__"]["optstate.header_crc32"] = crc.upper()
+    if crc.upper() != crc:
+        assert _refused_code(tmp_path, join(table, data)) == "E_CONTAINER"
+
+
+@pytest.mark.parametrize("text,ok", [("1.0", True), ("1.12", True), ("01.0", False),
+                                     ("1.01", False), ("1.0.0", False), ("1", False),
+                                     ("+1.0", False), ("1.0 ", False), ("\u0661.0", False)])
+def test_the_version_grammar(text, ok):
+    from optstate_format._versions import parse_version
+    assert (parse_version(text) is not None) == ok
+
+
+def test_the_weight_table_order_is_not_checked(tmp_path):
+    raw = good_bytes(tmp_path, adam_state(n_weights=3))
+    doc = doc_of(raw)
+    doc["weights"].reverse()
+    st = _reads(tmp_path, with_doc(raw, doc))
+    assert [w.path for w in st.weights] == ["layer_2/kernel", "layer_1/kernel", "layer_0/kernel"]
+
+
+def test_generic_algorithm_and_class_name_are_not_compared(tmp_path):
+    st = adam_state(n_weights=1)
+    st.optimizer.algorithm, st.optimizer.class_name = "generic:Foo", "Bar"
+    assert _reads(tmp_path, good_bytes(tmp_path, st)).optimizer.class_name == "Bar"
+
+
+def test_iterations_is_optional_and_of_any_dtype(tmp_path):
+    st = adam_state(n_weights=1)
+    del st.globals["iterations"]
+    _reads(tmp_path, good_bytes(tmp_path, st))
+    st.globals["iterations"] = np.array(4.0, np.float32)
+    _reads(tmp_path, good_bytes(tmp_path, st))
+
+
+def test_component_index_of_a_global_is_not_checked(tmp_path):
+    raw = (VALID / "multi_optimizer.optstate").read_bytes()
+    doc = doc_of(raw)
+    doc["globals"]["component.9.iterations"] = doc["globals"].pop("component.1.iterations")
+    _reads(tmp_path, with_doc(raw, doc))
+
+
+def test_a_key_not_of_its_references_form_is_read(tmp_path):
+    from optstate_format import _header
+    raw = good_bytes(tmp_path, adam_state(n_weights=1))
+    table, data = split(raw)
+    table["anything at all"] = table.pop("slot:layer_0/kernel:m")
+    doc = doc_of(raw)
+    doc["weights"][0]["slots"]["m"] = "anything at all"
+    doc["checksums"]["anything at all"] = doc["checksums"].pop("slot:layer_0/kernel:m")
+    names = {c: n for n, (c, _, _) in osf._dtypes.DTYPES.items()}
+    doc["table_crc32"] = _header.table_crc32(
+        {k: (names[v["dtype"]], tuple(v["shape"])) for k, v in table.items()
+         if k != "__metadata__"})
+    st = _reads(tmp_path, with_doc(join(table, data), doc))
+    assert st.weights[0].slots["m"].shape == (2, 3)
+
+
+def test_the_tensor_limit_counts_the_header_tensor(tmp_path, monkeypatch):
+    from optstate_format import _io
+    raw = good_bytes(tmp_path, adam_state(n_weights=1))  # 3 data tensors + the header
+    monkeypatch.setattr(_io, "MAX_TENSORS", 3)
+    assert _refused_code(tmp_path, raw) == "E_LIMIT"
+    monkeypatch.setattr(_io, "MAX_TENSORS", 4)
+    _reads(tmp_path, raw)
+
+
+def test_document_shapes_have_the_rank_limit_too(tmp_path):
+    raw = good_bytes(tmp_path, adam_state(n_weights=1))
+    doc = doc_of(raw)
+    doc["weights"][0]["shape"] = [1] * 65
+    assert _refused_code(tmp_path, with_doc(raw, doc)) == "E_LIMIT"
+
+
+def test_nesting_counts_the_root_map_as_level_1(tmp_path, monkeypatch):
+    raw = good_bytes(tmp_path, adam_state(n_weights=1))
+    doc = doc_of(raw)
+    # root (1) > optimizer (2) > hyperparameters (3) > deep (4) > ... 28 more maps (32)
+    deep = {}
+    for _ in range(28):
+        deep = {"x": deep}
+    doc["optimizer"]["hyperparameters"]["deep"] = deep  # deepest map at level 32
+    _reads(tmp_path, with_doc(raw, doc))
+    doc["optimizer"]["hyperparameters"]["deep"] = {"x": deep}  # level 33
+    assert _refused_code(tmp_path, with_doc(raw, doc)) == "E_LIMIT"
