@@ -69,6 +69,13 @@ def test_the_worked_example_of_section_12_is_the_real_file():
     assert f"table_crc32: {zlib.crc32(form)}" in SPEC_TEXT
     assert doc_of(raw)["table_crc32"] == zlib.crc32(form)
     assert f"({len(raw)} bytes)" in SPEC_TEXT
+    table, data = split(raw)
+    crc = table["__metadata__"]["optstate.header_crc32"]
+    s, e = table[HEADER]["data_offsets"]
+    assert f'"optstate.header_crc32":"{crc}"' in SPEC_TEXT
+    assert f'"data_offsets":[{s},{e}],"dtype":"U8","shape":[{e - s}]' in SPEC_TEXT
+    assert f"{e - s} bytes of msgpack" in SPEC_TEXT
+    assert f"end of file (8 + 440 + {len(data)} = {len(raw)})" in SPEC_TEXT
 
 
 def test_a_dtype_changed_from_f32_to_i32_is_refused(tmp_path):
