@@ -230,3 +230,26 @@ def test_nesting_counts_the_root_map_as_level_1(tmp_path, monkeypatch):
     _reads(tmp_path, with_doc(raw, doc))
     doc["optimizer"]["hyperparameters"]["deep"] = {"x": deep}  # level 33
     assert _refused_code(tmp_path, with_doc(raw, doc)) == "E_LIMIT"
+
+
+def test_hints_of_nothing_are_valid_and_paired_only_by_a_mapping(tmp_path):
+    """Spec 8.1: `hints: {}` reads, is never paired by position or shape, and a mapping
+    pairs it."""
+    from optstate_format._match import plan_import
+    from optstate_format.adapter import Variable
+    st = adam_state(n_weights=1)
+    st.weights[0].hints = {}
+    st = osf.read(osf.write(st, tmp_path / "h.optstate", fsync=False))
+    assert st.weights[0].hints == {}
+    w = st.weights[0]
+    target = osf.OptimizerState(osf.OptimizerInfo("adam", "Adam"), weights=[osf.WeightEntry(
+        "t/kernel", w.shape, "float32", True, hints={"structural": "g:" + "0" * 32,
+                                                     "name": "t/kernel"},
+        slots={s: Variable(("t/kernel", s), w.shape, "float32") for s in ("m", "v")})],
+        globals={"iterations": Variable("iterations", (), "int64")})
+    with pytest.raises(osf.MatchError) as e:
+        plan_import(st, target)
+    assert len(e.value.report.missing) == 1 and len(e.value.report.unexpected) == 1
+    _, assigns = plan_import(st, target, mapping={w.path: "t/kernel"})
+    got = {v.handle: a for v, a in assigns}
+    np.testing.assert_array_equal(got[("t/kernel", "m")], w.slots["m"])
