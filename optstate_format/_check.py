@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from . import _dtypes
 from ._errors import OptStateError
-from ._io import read
+from ._io import read, read_with_dtypes
+from ._paths import global_key, slot_key
 from ._versions import CURRENT_VERSION, parse_version
 
 
@@ -71,32 +73,72 @@ def _check(path, progress=None):
     return rep
 
 
-def summarize(state):
-    """A JSON-able summary of a state (also the conformance vectors' expected output)."""
+def summarize(state, dtypes=None):
+    """The summary of a state as spec 13.1 defines it (also the conformance vectors' expected
+    output and ``optstate inspect --json``). ``dtypes`` maps tensor keys to the dtype names
+    the container gives them (:func:`summary` passes them); without it, from the arrays."""
+    def described(key, arr, with_value):
+        name = (dtypes or {}).get(key) or dtype_of(arr)
+        out = {"shape": [int(d) for d in arr.shape], "dtype": name}
+        if with_value:
+            out["value"] = _scalar(arr, name) if arr.ndim == 0 else None
+        return out
+
+    multi = bool(state.optimizer.components)
     weights = []
     for w in state.weights:
         weights.append({
             "path": w.path, "shape": list(w.shape), "dtype": w.dtype, "trainable": w.trainable,
-            "slots": {k: {"shape": list(v.shape), "dtype": dtype_of(v)}
+            "slots": {k: described(slot_key(w.path, k), v, False)
                       for k, v in sorted(w.slots.items())},
             "has_value": w.value is not None,
-            "hints": w.hints, **({"component": w.component}
-                                 if state.optimizer.components else {})})
-    return {
+            "hints": w.hints, **({"component": w.component} if multi else {})})
+    return _finite({
         "version": state.version, "producer": state.producer,
         "optimizer": {"algorithm": state.optimizer.algorithm,
                       "class_name": state.optimizer.class_name,
                       "hyperparameters": state.optimizer.hyperparameters,
                       "learning_rate": state.optimizer.learning_rate,
                       "wrappers": state.optimizer.wrappers,
-                      **({"components": state.optimizer.components}
-                         if state.optimizer.components else {})},
+                      **({"components": state.optimizer.components} if multi else {})},
         "step": state.step,
-        "globals": {k: {"shape": list(v.shape), "dtype": dtype_of(v),
-                        "value": v.tolist() if v.size == 1 else None}
+        "globals": {k: described(global_key(k), v, True)
                     for k, v in sorted(state.globals.items())},
         "weights": weights, "metadata": state.metadata,
-    }
+    })
+
+
+def summary(path, *, verify=True, progress=None) -> dict:
+    """Read ``path`` and return its summary (spec 13.1), dtypes from the container."""
+    state, dtypes = read_with_dtypes(path, verify=verify, progress=progress)
+    return summarize(state, dtypes)
+
+
+NONFINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
+def _scalar(arr, name):
+    """The one element of a shape-[] tensor as a JSON value (spec 13.1): bool, exact int, or
+    the float64 the value widens to exactly (bfloat16 from its raw word if need be)."""
+    if name == "bool":
+        return bool(arr)
+    if name == "bfloat16" and arr.dtype.kind == "u":  # raw words: no bfloat16 type here
+        arr = (np.asarray(arr, np.uint32) << 16).view(np.float32)
+    if name in _dtypes.FLOATING:
+        return float(arr)
+    return int(arr)
+
+
+def _finite(obj):
+    """``obj`` with every non-finite float replaced by ``"NaN"``, ``"Infinity"`` or
+    ``"-Infinity"`` (spec 13.1: the summary is plain JSON)."""
+    if type(obj) is float:
+        return obj if math.isfinite(obj) else NONFINITE[repr(obj)]
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def dtype_of(arr):

@@ -11,14 +11,20 @@ from __future__ import annotations
 
 import math
 import unicodedata
+import zlib  # noqa: F401 - the doctest of table_crc32 compares with it
 
 import msgpack
 
 from . import _dtypes, _registry
-from ._errors import FormatError
+from ._errors import FormatError, IntegrityError
 from ._paths import HEADER_KEY, check_name, check_path
 from ._registry import MULTI
 from ._versions import FORMAT_ID, parse_version
+
+try:  # the same function as zlib's crc32, faster (see _io)
+    from isal.isal_zlib import crc32
+except ImportError:  # pragma: no cover - platforms without an isal wheel
+    from zlib import crc32
 
 # Reader limits on the header document (spec 9.3). Module variables, so that tests can lower them.
 MAX_DOC_BYTES = 64 * 1024 * 1024
@@ -27,6 +33,11 @@ MAX_DOC_CONTAINERS = 2_000_000   # maps + arrays
 MAX_DEPTH = 32
 MAX_RANK = 64
 MAX_ELEMENTS = 2 ** 53           # product of a shape's non-zero dimensions
+
+# The header document's record of the container's tensor table (spec 3.6): a crc32 of its
+# canonical form, required in files of this version and later.
+TABLE_FIELD = "table_crc32"
+TABLE_SINCE = (1, 1)
 
 LEARNING_RATE_KINDS = {"constant": {"value": (int, float)},
                        "schedule": {"class_name": str, "config": dict},
@@ -171,6 +182,55 @@ def shape_problem(shape):
     return None
 
 
+def table_crc32(tensors) -> int:
+    """The crc32 of the canonical form of a container's tensor table (spec 3.6).
+
+    ``tensors`` maps tensor keys to tuples starting ``(dtype name, shape)``. The form holds
+    one line per tensor other than ``optstate:header``, in ascending order of the key's UTF-8
+    bytes: the key, a 0x00 byte, the dtype code, a 0x00 byte, the shape's dimensions in
+    decimal joined by ``,`` (nothing for a scalar), a 0x0A byte. Offsets are not in it (a
+    tool may lay the tensors out again; their checksums still say which bytes are whose).
+
+    >>> table_crc32({"global:iterations": ("int64", ()),
+    ...              "slot:dense/kernel:momentum": ("float32", (2, 2))}) == zlib.crc32(
+    ...     b"global:iterations\\0I64\\0\\nslot:dense/kernel:momentum\\0F32\\0002,2\\n")
+    True
+    """
+    codes = {name: code for name, (code, _, _) in _dtypes.DTYPES.items()}
+    shapes, lines, crc = {}, [], 0
+    for key in sorted(k for k in tensors if k != HEADER_KEY):  # code points: UTF-8 order
+        name, shape = tensors[key][:2]
+        shape = tuple(shape)
+        text = shapes.get(shape)
+        if text is None:
+            text = shapes[shape] = ",".join(map(str, shape))
+        lines.append(f"{key}\0{codes.get(name, name)}\0{text}\n")
+        if len(lines) >= 4096:
+            crc = crc32("".join(lines).encode("utf-8", "surrogatepass"), crc)
+            lines = []
+    return crc32("".join(lines).encode("utf-8", "surrogatepass"), crc)
+
+
+def _check_table_crc(doc, tensors, version):
+    """``table_crc32``: its type, required from TABLE_SINCE, equal to the table's (3.6)."""
+    value = _opt(doc, TABLE_FIELD, int, "header")
+    if value is None:
+        if tuple(version) >= TABLE_SINCE:
+            _fail(f"header lacks the field {TABLE_FIELD!r}, required in files of version "
+                  f"{TABLE_SINCE[0]}.{TABLE_SINCE[1]} and later (spec 3.6).", "E_SCHEMA")
+        return
+    if not 0 <= value < 2 ** 32:
+        _fail(f"header.{TABLE_FIELD} is {value}; a crc32 is 0 .. 2^32-1.", "E_SCHEMA")
+    got = table_crc32(tensors)
+    if got != value:
+        raise IntegrityError(
+            f"the container's tensor table (keys, dtypes, shapes) has crc32 {got:08x} but the "
+            f"header document recorded {value:08x}: a tensor's dtype or shape was changed in "
+            "the container header after the file was written (or a tensor renamed). Its bytes "
+            "would be read as something they are not; restore the file from a copy.",
+            code="E_TABLE_CHECKSUM")
+
+
 def _req(doc, field, types, where):
     if field not in doc:
         _fail(f"{where} lacks the required field {field!r}.", "E_SCHEMA")
@@ -287,6 +347,7 @@ def validate(doc, tensors, version) -> None:
     checksums = _req(doc, "checksums", dict, "header")
     if "metadata" in doc:
         _str_map(doc["metadata"], "header.metadata")
+    _check_table_crc(doc, tensors, version)
 
     referenced = set()  # where a key was named is looked up again only to report a repeat
 

@@ -165,6 +165,9 @@ def _plan(state: OptimizerState):
         table[key] = (dtype, shape)
     # Checksums are known only once the bytes are written; validate with placeholders.
     doc["checksums"] = {key: 0 for key in table}
+    # The container's dtypes and shapes, attested by the checksummed document (spec 3.6).
+    doc[_header.TABLE_FIELD] = _header.table_crc32(table)
+    doc = dict(sorted(doc.items()))
     _header.validate(doc, table, CURRENT_VERSION)
     _check_empty_tensors(sum(1 for _, shape in table.values() if 0 in shape), len(table))
     # Data tensors sorted by (itemsize desc, key): every offset stays aligned.
@@ -690,7 +693,7 @@ def _parse_table(raw: bytes):
                 break
     if not _END_RE.match(text, pos):
         _fail(f"the container header has bytes after its JSON object (byte {8 + pos}); only "
-              "spaces may pad it.", "E_CONTAINER")
+              "JSON whitespace may follow it (spec 3.2).", "E_CONTAINER")
     return meta, entries
 
 
@@ -825,12 +828,13 @@ class _Container:
             _fail(f"header document is {end - start} bytes; the limit is "
                   f"{_header.MAX_DOC_BYTES}.", "E_LIMIT")
         crc = meta.get(META_HEADER_CRC)
-        if not isinstance(crc, str) or not re.fullmatch(r"[0-9a-fA-F]{8}", crc):
-            _fail(f"metadata {META_HEADER_CRC!r} must be 8 hex digits.", "E_CONTAINER")
+        if not isinstance(crc, str) or not re.fullmatch(r"[0-9a-f]{8}", crc):
+            _fail(f"metadata {META_HEADER_CRC!r} is {str(crc)[:20]!r}; it must be 8 lowercase "
+                  "hex digits (spec 3.3).", "E_CONTAINER")
         buf = bytearray(end - start)
         got = self.file.read_into(memoryview(buf), self.data_start + start, with_crc=True,
                                   what="the header document")
-        if f"{got:08x}" != crc.lower():
+        if f"{got:08x}" != crc:
             raise IntegrityError("the header document does not match its checksum: the file is "
                                  "damaged. Restore it from a copy.", code="E_HEADER_CHECKSUM",
                                  key=HEADER_KEY)
@@ -940,7 +944,7 @@ def _guarded(fn, *args):
                           code="E_FORMAT") from e
 
 
-def _read(path, verify, progress=None):
+def _read(path, verify, progress=None, with_dtypes=False):
     cont = _Container(path)
     try:
         arrays = cont.read_all(verify, progress)
@@ -961,11 +965,14 @@ def _read(path, verify, progress=None):
             trainable=w["trainable"], hints=w["hints"], component=w.get("component", 0),
             slots={k: arrays[v] for k, v in w["slots"].items()},
             value=arrays[w["value"]] if w.get("value") is not None else None))
-    return OptimizerState(
+    state = OptimizerState(
         optimizer=info, step=doc["step"], weights=weights,
         globals={k: arrays[v] for k, v in doc["globals"].items()},
         producer=doc["producer"], metadata=doc.get("metadata", {}),
         version=f"{version[0]}.{version[1]}")
+    if with_dtypes:
+        return state, {key: entry[0] for key, entry in cont.tensors.items()}
+    return state
 
 
 def read(path, *, verify: bool = True, progress=None) -> OptimizerState:
@@ -990,6 +997,13 @@ def read(path, *, verify: bool = True, progress=None) -> OptimizerState:
     optstate_format._errors.FormatError: E_IO: cannot open 'missing.optstate': No such file or directory.
     """
     return _guarded(_read, path, verify, progress)
+
+
+def read_with_dtypes(path, *, verify: bool = True, progress=None):
+    """:func:`read`, and the dtype name the container gives each tensor key (the summary of
+    spec 13.1 takes dtypes from the container: a bfloat16 tensor read as raw 16-bit words
+    where no bfloat16 type is installed is still a bfloat16)."""
+    return _guarded(_read, path, verify, progress, True)
 
 
 def _read_doc_only(path):

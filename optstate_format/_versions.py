@@ -16,11 +16,22 @@ VERSION_TABLE = [
 ]
 
 
+_NUMBER = frozenset("0123456789")
+
+
 def parse_version(text):
-    """Parse ``"MAJOR.MINOR"`` into a tuple of ints, or return None if malformed."""
+    """Parse ``"MAJOR.MINOR"`` into a tuple of ints, or return None if malformed.
+
+    Each part is ``0`` or ASCII digits without a leading zero (spec 10): ``01.0``, ``1.0.0``,
+    ``1`` and ``+1.0`` are malformed.
+
+    >>> parse_version("1.12"), parse_version("01.0"), parse_version("1.0.0")
+    ((1, 12), None, None)
+    """
     if not isinstance(text, str) or text.count(".") != 1 or len(text) > 16:
         return None
-    major, minor = text.split(".")
-    if not (major.isdigit() and minor.isdigit() and major.isascii() and minor.isascii()):
-        return None
-    return int(major), int(minor)
+    parts = text.split(".")
+    for part in parts:
+        if not part or not set(part) <= _NUMBER or (len(part) > 1 and part[0] == "0"):
+            return None
+    return int(parts[0]), int(parts[1])

@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 
 from ._check import check, dtype_of as _dtype_of, summarize as _summary
 from ._errors import OptStateError
-from ._io import read
+from ._io import read, read_with_dtypes
 
 
 def _shown(text) -> str:
@@ -81,10 +81,13 @@ def _read_with_bar(path, verb, **kw):
 
 
 def cmd_inspect(args):
-    state = _read_with_bar(args.file, "reading", verify=not args.no_verify)
-    summary = _summary(state)
-    if args.json:
-        print(json.dumps(summary, indent=2, sort_keys=True))  # ensure_ascii: escapes all
+    from . import _progress
+    with _progress.progress(_file_size(args.file),
+                            f"reading {os.path.basename(str(args.file))}") as bar:
+        state, dtypes = read_with_dtypes(args.file, progress=bar.update,
+                                         verify=not args.no_verify)
+    if args.json:  # the summary of spec 13.1; ensure_ascii escapes every non-ASCII character
+        print(json.dumps(_summary(state, dtypes), indent=2, sort_keys=True, allow_nan=False))
         return 0
     opt = state.optimizer
     _out(f"file          {args.file}")

@@ -24,12 +24,17 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from optstate_format import _registry  # noqa: E402
-from optstate_format._check import summarize  # noqa: E402
+from optstate_format._check import summary  # noqa: E402
 from optstate_format._io import read, write  # noqa: E402
 from optstate_format._state import OptimizerInfo, OptimizerState, WeightEntry  # noqa: E402
 from optstate_format._versions import CURRENT_VERSION  # noqa: E402
 
 PRODUCER = {"framework": "conformance", "framework_version": "1"}
+
+
+def _bfloat16():
+    import ml_dtypes  # the generator needs it; readers of the vector do not
+    return ml_dtypes.bfloat16
 
 
 def _arr(shape, dtype="float32", seed=0):
@@ -116,6 +121,20 @@ def valid_states():
                                         "count": np.array(3, np.int64)})],
             globals={"iterations": it(3), "nan_and_inf": np.array(
                 [np.nan, np.inf, -np.inf, 0.0], np.float32)}),
+        # The summary's value forms (spec 13.1): non-finite floats, bool, uint64 beyond 2^63,
+        # bfloat16, a float32 that is not a short decimal, a one-element array (no value).
+        "summary_values": OptimizerState(
+            OptimizerInfo("sgd", "SGD", "keras.optimizers",
+                          {"momentum": 0.0, "clipvalue": float("nan"), "seed": 2 ** 64 - 1,
+                           "nesterov": False, "name": None},
+                          {"kind": "constant", "value": 0.1}),
+            step=2 ** 40, producer=PRODUCER,
+            weights=[WeightEntry("dense/bias", (2,), "bfloat16", slots={})],
+            globals={"nan": np.array(np.nan, np.float32), "inf": np.array(np.inf),
+                     "minus_inf": np.array(-np.inf, np.float16),
+                     "flag": np.array(True), "big": np.array(2 ** 64 - 1, np.uint64),
+                     "half": np.array(1.5, _bfloat16()), "tenth": np.array(0.1, np.float32),
+                     "one_element": np.array([7], np.int32)}),
         # 1.1: both structural hints; a user layer whose two weights have generated names
         # (roles #0 and #1, spec 8.3), so their name hints are nil.
         "two_ended_roles": OptimizerState(
@@ -170,8 +189,9 @@ def _replace_header_blob(table, data, blob):
     return _join(table, data[:s] + blob)
 
 
-def invalid_cases(base: bytes):
-    """name -> (bytes, expected code, expected error class). ``base``: minimal_sgd bytes."""
+def invalid_cases(base: bytes, others=None):
+    """name -> (bytes, expected code, expected error class). ``base``: minimal_sgd bytes;
+    ``others``: the other valid vectors' bytes by name."""
     table, data = _split(base)
     cases = {}
     cases["truncated"] = (base[:len(base) - 10], "E_TRUNCATED", "FormatError")
@@ -303,9 +323,165 @@ def invalid_cases(base: bytes):
         doc["globals"]["again"] = "global:iterations"
     cases["tensor_referenced_twice"] = (_rewrite_doc(base, twice), "E_DUPLICATE_KEY",
                                         "FormatError")
+    # --- the tensor table attested by the header document (spec 3.6) ---
+    t = json.loads(json.dumps(table))
+    t[key]["dtype"] = "I32"  # same item size: offsets, tiling and checksums still agree
+    cases["table_dtype_f32_to_i32"] = (_join(t, data), "E_TABLE_CHECKSUM", "IntegrityError")
+    t = json.loads(json.dumps(table))
+    t[key]["shape"] = [4]  # [2, 2] -> [4]: the same 16 bytes (else E_SLOT_SHAPE, later)
+    cases["table_shape_same_bytes"] = (_join(t, data), "E_TABLE_CHECKSUM", "IntegrityError")
+
+    def no_table_crc(doc):
+        del doc["table_crc32"]
+    cases["table_crc32_missing"] = (_rewrite_doc(base, no_table_crc), "E_SCHEMA",
+                                    "FormatError")
     # --- data (spec 6) ---
     cases["bool_byte_2"] = (_bool_byte_2(), "E_BOOL_VALUE", "FormatError")
+    cases.update(_one_per_must(base, others or {}))
     return cases
+
+
+def _doc_case(base, code, edit, cls="FormatError"):
+    return _rewrite_doc(base, edit), code, cls
+
+
+def _table_case(base, code, edit, cls="FormatError"):
+    table, data = _split(base)
+    edit(table)
+    return _join(table, data), code, cls
+
+
+def _text_case(base, code, edit, cls="FormatError", pad=b" "):
+    """The container header's JSON text edited as bytes, then padded with ``pad``."""
+    table, data = _split(base)
+    body = edit(json.dumps(table, sort_keys=True, separators=(",", ":")).encode())
+    body += pad * ((-(8 + len(body))) % 8 or 8)
+    return struct.pack("<Q", len(body)) + body + data, code, cls
+
+
+def _set(*keys, value):
+    def edit(obj):
+        for k in keys[:-1]:
+            obj = obj[k]
+        obj[keys[-1]] = value
+    return edit
+
+
+def _drop(*keys):
+    def edit(obj):
+        for k in keys[:-1]:
+            obj = obj[k]
+        del obj[keys[-1]]
+    return edit
+
+
+def _rename(where, old, new):
+    def edit(doc):
+        mapping = doc[where] if where == "globals" else doc["weights"][0]["slots"]
+        mapping[new] = mapping.pop(old)
+    return edit
+
+
+def _one_per_must(base: bytes, others: dict):
+    """Issue 14 points 4 and 10: one vector per MUST, each breaking that rule alone, so the
+    normative order of spec 3.5 gives it a single right code."""
+    key = "slot:dense/kernel:momentum"
+    table, data = _split(base)
+    hs, he = table["optstate:header"]["data_offsets"]
+    blob = data[hs:he]
+    c = {}
+    # 3.5 step 1: the length field
+    c["file_of_7_bytes"] = (base[:7], "E_TRUNCATED", "FormatError")
+    # step 2: the container header's form (3.1, 3.2)
+    c["container_not_utf8"] = _text_case(base, "E_CONTAINER", lambda b: b.replace(
+        b'"optstate.format":"optstate"', b'"optstate.format":"optstate\xff"'))
+    c["container_padded_with_nul"] = _text_case(base, "E_CONTAINER", lambda b: b, pad=b"\0")
+    c["metadata_key_repeated"] = _text_case(base, "E_CONTAINER", lambda b: b.replace(
+        b'"optstate.format":"optstate",', b'"optstate.format":"optstate",' * 2))
+    c["tensor_entry_extra_member"] = _table_case(
+        base, "E_CONTAINER", _set("global:iterations", "extra", value=1))
+    # step 3: format and version (3.3, 10)
+    c["format_metadata_wrong"] = _table_case(
+        base, "E_NOT_OPTSTATE", _set("__metadata__", "optstate.format", value="optstate2"))
+    c["version_metadata_missing"] = _table_case(
+        base, "E_VERSION", _drop("__metadata__", "optstate.version"), "VersionError")
+    c["version_leading_zero"] = _table_case(
+        base, "E_VERSION", _set("__metadata__", "optstate.version", value="01.1"),
+        "VersionError")
+    c["version_three_parts"] = _table_case(
+        base, "E_VERSION", _set("__metadata__", "optstate.version", value="1.1.0"),
+        "VersionError")
+    # step 4: each tensor (3.1, 3.2, 9.3)
+    c["shape_rank_65"] = _table_case(base, "E_LIMIT", _set("global:iterations", "shape",
+                                                           value=[1] * 65))
+    c["offsets_disagree_with_shape"] = _table_case(base, "E_OFFSETS", _set(
+        "global:iterations", "shape", value=[2]))
+    # step 5: the header tensor and its checksum (3.3, 3.4)
+    c["header_tensor_missing"] = _table_case(
+        base, "E_NOT_OPTSTATE", _set("__metadata__", "optstate.header", value="optstate:other"))
+    c["header_tensor_not_u8"] = _table_case(base, "E_CONTAINER", _set(
+        "optstate:header", "dtype", value="I8"))
+    c["header_tensor_rank_2"] = _table_case(base, "E_CONTAINER", _set(
+        "optstate:header", "shape", value=[1, he - hs]))
+    c["header_crc32_missing"] = _table_case(
+        base, "E_CONTAINER", _drop("__metadata__", "optstate.header_crc32"))
+    c["header_crc32_uppercase"] = _table_case(base, "E_CONTAINER", _set(
+        "__metadata__", "optstate.header_crc32",
+        value=table["__metadata__"]["optstate.header_crc32"].upper()))
+    c["header_crc32_not_hex"] = _table_case(base, "E_CONTAINER", _set(
+        "__metadata__", "optstate.header_crc32", value="0x1234ab"))
+    # step 6: the document's msgpack (4)
+    t = json.loads(json.dumps(table))
+    c["msgpack_bytes_after_map"] = (_replace_header_blob(t, data, blob + b"\xc0"),
+                                    "E_HEADER_FORM", "FormatError")
+    c["msgpack_int_key"] = _doc_case(base, "E_HEADER_FORM", _set(
+        "optimizer", "hyperparameters", 7, value=1))
+    deep = {}
+    for _ in range(40):
+        deep = {"x": deep}
+    c["msgpack_nested_40_levels"] = _doc_case(base, "E_LIMIT", _set(
+        "optimizer", "hyperparameters", "deep", value=deep))
+    t = json.loads(json.dumps(table))
+    c["document_not_a_map"] = (_replace_header_blob(t, data, msgpack.packb([1, 2])),
+                               "E_SCHEMA", "FormatError")
+    # step 6: the document's fields (4, 4.1, 4.2, 5, 7.6)
+    c["header_format_differs"] = _doc_case(base, "E_SCHEMA", _set("format", value="optstat"))
+    c["header_version_differs"] = _doc_case(base, "E_SCHEMA", _set("version", value="1.0"))
+    c["step_bool"] = _doc_case(base, "E_SCHEMA", _set("step", value=True))
+    c["step_float"] = _doc_case(base, "E_SCHEMA", _set("step", value=1.0))
+    c["learning_rate_constant_without_value"] = _doc_case(base, "E_SCHEMA", _set(
+        "optimizer", "learning_rate", value={"kind": "constant"}))
+    c["global_name_with_space"] = _doc_case(base, "E_SCHEMA", _rename(
+        "globals", "iterations", "bad name"))
+    c["slot_name_with_space"] = _doc_case(base, "E_SCHEMA", _rename(
+        "slots", "momentum", "mo mentum"))
+    c["path_1025_characters"] = _doc_case(base, "E_PATH", _set(
+        "weights", 0, "path", value="\u00e9" * 1025))
+    c["path_c1_control"] = _doc_case(base, "E_PATH", _set(
+        "weights", 0, "path", value="dense\u0085/kernel"))
+    c["path_dot_dot_segment"] = _doc_case(base, "E_PATH", _set(
+        "weights", 0, "path", value="dense/../kernel"))
+    c["weight_dtype_outside_section_6"] = _doc_case(base, "E_DTYPE", _set(
+        "weights", 0, "dtype", value="float8_e4m3"))
+    c["hint_name_not_a_string"] = _doc_case(base, "E_SCHEMA", _set(
+        "weights", 0, "hints", "name", value=5))
+    c["component_without_multi"] = _doc_case(base, "E_SCHEMA", _set(
+        "weights", 0, "component", value=0))
+    c["checksums_entry_missing"] = _doc_case(base, "E_SCHEMA", _drop("checksums", key))
+    c["checksums_entry_extra"] = _doc_case(base, "E_SCHEMA", _set(
+        "checksums", "global:nowhere", value=0))
+    c["checksums_entry_for_header"] = _doc_case(base, "E_SCHEMA", _set(
+        "checksums", "optstate:header", value=zlib.crc32(blob)))
+    if "multi_optimizer" in others:
+        c["component_out_of_range"] = _doc_case(others["multi_optimizer"], "E_SCHEMA", _set(
+            "weights", 0, "component", value=2))
+    if "with_model_weights" in others:
+        def value_dtype(doc):
+            entry = next(w for w in doc["weights"] if w["path"] == "bn/moving_mean")
+            entry["dtype"] = "float64"
+        c["value_dtype_differs"] = _doc_case(others["with_model_weights"], "E_VALUE_SHAPE",
+                                             value_dtype)
+    return c
 
 
 def _bool_byte_2() -> bytes:
@@ -335,6 +511,17 @@ def newer_minor(base: bytes) -> bytes:
         doc["future_field"] = {"added_in": newer}
     raw = _join(table, data)
     return _rewrite_doc(raw, edit)
+
+
+def optional_fields_absent(base: bytes) -> bytes:
+    """minimal_sgd without any optional field (4, 4.1, 4.2, 8.1): the summary's defaults."""
+    def edit(doc):
+        for field in ("module", "hyperparameters", "learning_rate", "wrappers"):
+            del doc["optimizer"][field]
+        del doc["metadata"]
+        del doc["weights"][0]["value"]
+        doc["weights"][0]["hints"] = {}
+    return _rewrite_doc(base, edit)
 
 
 def framework_tables():
@@ -413,17 +600,15 @@ def build(out: Path):
     valid.mkdir(parents=True, exist_ok=True)
     invalid.mkdir(parents=True, exist_ok=True)
     for name, state in valid_states().items():
-        path = write(state, valid / f"{name}.optstate", fsync=False)
-        summary = summarize(read(path))
-        (valid / f"{name}.expected.json").write_text(
-            json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        write(state, valid / f"{name}.optstate", fsync=False)
     base = (valid / "minimal_sgd.optstate").read_bytes()
-    raw = newer_minor(base)
-    (valid / "newer_minor_version.optstate").write_bytes(raw)
-    tmp = valid / "newer_minor_version.optstate"
-    (valid / "newer_minor_version.expected.json").write_text(
-        json.dumps(summarize(read(tmp)), indent=2, sort_keys=True) + "\n")
-    for name, (raw, code, cls) in invalid_cases(base).items():
+    (valid / "newer_minor_version.optstate").write_bytes(newer_minor(base))
+    (valid / "optional_fields_absent.optstate").write_bytes(optional_fields_absent(base))
+    for path in sorted(valid.glob("*.optstate")):  # the summary of spec 13.1
+        path.with_suffix(".expected.json").write_text(
+            json.dumps(summary(path), indent=2, sort_keys=True, allow_nan=False) + "\n")
+    others = {p.stem: p.read_bytes() for p in valid.glob("*.optstate")}
+    for name, (raw, code, cls) in invalid_cases(base, others).items():
         (invalid / f"{name}.optstate").write_bytes(raw)
         (invalid / f"{name}.expected.json").write_text(
             json.dumps({"code": code, "error": cls}, indent=2, sort_keys=True) + "\n")
@@ -431,7 +616,8 @@ def build(out: Path):
 
 
 def _files(root: Path):
-    names = [p for p in (root / "conformance").rglob("*") if p.is_file()]
+    names = [p for kind in ("valid", "invalid") for p in (root / "conformance" / kind).iterdir()
+             if p.is_file()]  # README.md, run.py and reference_reader.py are not generated
     names.append(root / "optimizers.md")
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in names if p.exists()}
 

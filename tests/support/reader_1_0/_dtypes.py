@@ -1,0 +1,75 @@
+"""The one table of dtypes (spec section 6). Names are the spec's; codes are safetensors'."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._errors import FormatError, UnsupportedError
+
+# spec name -> (safetensors dtype code, numpy storage dtype, itemsize)
+DTYPES = {
+    "float64": ("F64", "<f8", 8),
+    "float32": ("F32", "<f4", 4),
+    "float16": ("F16", "<f2", 2),
+    "bfloat16": ("BF16", "<u2", 2),  # stored as raw 16-bit words; see spec 6
+    "int64": ("I64", "<i8", 8),
+    "int32": ("I32", "<i4", 4),
+    "int16": ("I16", "<i2", 2),
+    "int8": ("I8", "i1", 1),
+    "uint64": ("U64", "<u8", 8),
+    "uint32": ("U32", "<u4", 4),
+    "uint16": ("U16", "<u2", 2),
+    "uint8": ("U8", "u1", 1),
+    "bool": ("BOOL", "?", 1),
+}
+CODE_TO_NAME = {code: name for name, (code, _, _) in DTYPES.items()}
+FLOATING = {"float64", "float32", "float16", "bfloat16"}
+
+
+def _bfloat16_type():
+    try:
+        import ml_dtypes  # optional: present wherever TensorFlow or JAX is installed
+    except ImportError:  # pragma: no cover - depends on environment
+        return None
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+def name_of(dtype) -> str:
+    """Return the spec name of a numpy (or numpy-convertible) dtype.
+
+    >>> name_of(np.float32)
+    'float32'
+    """
+    text = str(getattr(dtype, "name", dtype))
+    if text in DTYPES:
+        return text
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise UnsupportedError(f"dtype {text!r} is not in the optstate dtype table; "
+                               f"supported: {sorted(DTYPES)}.") from None
+    if dt.name in DTYPES:
+        return dt.name
+    raise UnsupportedError(f"dtype {dt.name!r} is not in the optstate dtype table; "
+                           f"supported: {sorted(DTYPES)}.")
+
+
+def storage_dtype(name: str) -> np.dtype:
+    """The numpy dtype used to hold bytes of spec dtype ``name`` (little-endian)."""
+    if name == "bfloat16":
+        bf = _bfloat16_type()
+        if bf is not None:
+            return bf
+    return np.dtype(DTYPES[name][1])
+
+
+def from_code(code, *, key=None) -> str:
+    if code not in CODE_TO_NAME:
+        raise FormatError(f"tensor dtype {code!r} is not supported; expected one of "
+                          f"{sorted(CODE_TO_NAME)}. Rewrite the file with a supported dtype.",
+                          code="E_DTYPE", key=key)
+    return CODE_TO_NAME[code]
+
+
+def itemsize(name: str) -> int:
+    return DTYPES[name][2]
