@@ -37,7 +37,7 @@ MAX_ELEMENTS = 2 ** 53           # product of a shape's non-zero dimensions
 # The header document's record of the container's tensor table (spec 3.6): a crc32 of its
 # canonical form, required in files of this version and later.
 TABLE_FIELD = "table_crc32"
-TABLE_SINCE = (1, 1)
+TABLE_SINCE = (1, 2)
 
 LEARNING_RATE_KINDS = {"constant": {"value": (int, float)},
                        "schedule": {"class_name": str, "config": dict},

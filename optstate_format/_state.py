@@ -79,7 +79,7 @@ class OptimizerState:
 
     >>> st = OptimizerState(OptimizerInfo("sgd", "SGD"), step=3)
     >>> st.version
-    '1.1'
+    '1.2'
     """
 
     optimizer: OptimizerInfo

@@ -2,17 +2,20 @@
 
 # The library's own version: the one place it is written (pyproject reads it, the writer
 # records it as producer.library_version).
-LIBRARY_VERSION = "0.2.0"
+LIBRARY_VERSION = "0.3.0"
 
 FORMAT_ID = "optstate"
-CURRENT_VERSION = (1, 1)
-CURRENT_VERSION_STR = "1.1"
+CURRENT_VERSION = (1, 2)
+CURRENT_VERSION_STR = "1.2"
 
 # (format version, released, library version that first wrote it, summary)
 VERSION_TABLE = [
     ("1.0", "2026-11-27", "0.1.0", "Initial release."),
     ("1.1", "2026-11-28", "0.2.0", "Generated weight names are roles, not identities; new "
      "hint `structural_in`; two-ended alignment; opt-in resize."),
+    ("1.2", "2026-11-28", "0.3.0", "The header document attests the container's tensor table "
+     "(`table_crc32`, required); the summary, the order of checks and a code for every MUST "
+     "are normative; conformance runner."),
 ]
 
 

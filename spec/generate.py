@@ -513,6 +513,18 @@ def newer_minor(base: bytes) -> bytes:
     return _rewrite_doc(raw, edit)
 
 
+def v1_1_without_table_crc32(base: bytes) -> bytes:
+    """A 1.1 file as library 0.2.0 wrote it: no ``table_crc32`` (spec 3.6, required from
+    1.2 only): readers of 1.2 must accept it."""
+    table, data = _split(base)
+    table["__metadata__"]["optstate.version"] = "1.1"
+
+    def edit(doc):
+        doc["version"] = "1.1"
+        del doc["table_crc32"]
+    return _rewrite_doc(_join(table, data), edit)
+
+
 def optional_fields_absent(base: bytes) -> bytes:
     """minimal_sgd without any optional field (4, 4.1, 4.2, 8.1): the summary's defaults."""
     def edit(doc):
@@ -534,7 +546,7 @@ def framework_tables():
 def registry_markdown() -> str:
     tables = framework_tables()
     lines = [
-        "# optstate optimizer registry (normative, format 1.0)",
+        "# optstate optimizer registry (normative, format 1.x: a minor may add entries, 10.1)",
         "",
         "Generated from `optstate_format/_registry.py` (normative: algorithms, canonical slot",
         "names, shape rules, meanings) and the converters' naming tables (informative: how each",
@@ -604,6 +616,7 @@ def build(out: Path):
     base = (valid / "minimal_sgd.optstate").read_bytes()
     (valid / "newer_minor_version.optstate").write_bytes(newer_minor(base))
     (valid / "optional_fields_absent.optstate").write_bytes(optional_fields_absent(base))
+    (valid / "v1_1_without_table_crc32.optstate").write_bytes(v1_1_without_table_crc32(base))
     for path in sorted(valid.glob("*.optstate")):  # the summary of spec 13.1
         path.with_suffix(".expected.json").write_text(
             json.dumps(summary(path), indent=2, sort_keys=True, allow_nan=False) + "\n")

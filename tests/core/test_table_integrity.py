@@ -22,7 +22,8 @@ from helpers import adam_state
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC_TEXT = (ROOT / "spec" / "SPEC.md").read_text()
-VALID = sorted((ROOT / "spec" / "conformance" / "valid").glob("*.optstate"))
+VALID_DIR = ROOT / "spec" / "conformance" / "valid"
+VALID = sorted(VALID_DIR.glob("*.optstate"))
 
 
 def _canonical_by_hand(table):
@@ -46,10 +47,27 @@ def _refused(tmp_path, raw, code, cls=osf.FormatError):
     return e.value
 
 
-@pytest.mark.parametrize("path", VALID, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", [p for p in VALID if p.stem != "v1_1_without_table_crc32"],
+                         ids=lambda p: p.stem)
 def test_every_valid_vector_records_the_crc32_of_its_table(path):
     table, _ = split(path.read_bytes())
     assert doc_of(path.read_bytes())["table_crc32"] == zlib.crc32(_canonical_by_hand(table))
+
+
+def test_a_1_1_file_without_the_field_reads_and_one_with_a_wrong_field_does_not(tmp_path):
+    """Library 0.2.0 wrote 1.1 files without table_crc32 (required from 1.2 only): they
+    read, to the same slots as the 1.2 file they were made from; a 1.1 file that has the
+    field is checked like any other."""
+    old = VALID_DIR / "v1_1_without_table_crc32.optstate"
+    assert "table_crc32" not in doc_of(old.read_bytes())
+    a, b = osf.read(old), osf.read(VALID_DIR / "minimal_sgd.optstate")
+    assert a.version == "1.1" and b.version == "1.2"
+    np.testing.assert_array_equal(a.weights[0].slots["momentum"],
+                                  b.weights[0].slots["momentum"])
+    raw = old.read_bytes()
+    doc = doc_of(raw)
+    doc["table_crc32"] = 12345
+    _refused(tmp_path, with_doc(raw, doc), "E_TABLE_CHECKSUM", osf.IntegrityError)
 
 
 def test_the_writer_records_the_table_and_the_reader_accepts_it(tmp_path):
@@ -124,12 +142,12 @@ def test_tensors_laid_out_again_keep_the_file_valid(tmp_path):
             np.testing.assert_array_equal(wa.slots[name], wb.slots[name])
 
 
-def test_a_1_1_file_without_the_field_is_refused(tmp_path):
+def test_a_1_2_file_without_the_field_is_refused(tmp_path):
     raw = good_bytes(tmp_path)
     doc = doc_of(raw)
     del doc["table_crc32"]
     e = _refused(tmp_path, with_doc(raw, doc), "E_SCHEMA")
-    assert "table_crc32" in e.msg and "1.1" in e.msg
+    assert "table_crc32" in e.msg and "1.2" in e.msg
 
 
 @pytest.mark.parametrize("value", [True, -1, 2 ** 32, 1.0, "0"])
