@@ -8,8 +8,10 @@ process and one run:
 
 - the **physical floor**: the same tensor bytes, already copied out of the framework into
   numpy buffers before the clock starts, written with ``os.write`` (no checksum, no fsync,
-  no rename); and read with ``readinto`` into buffers allocated before the clock starts.
-  Nothing can move the bytes with less work: every figure is also given as a ratio to it.
+  no rename); and read with ``readinto`` into buffers allocated (and touched) before the
+  clock starts. Nothing can move the bytes with less work: every figure is also given as a
+  ratio to it. A second reference reads into buffers allocated inside the timing: an import
+  must put the bytes into new memory, and a fresh buffer costs its page faults;
 - ours: ``export_state`` with and without fsync, ``import_state`` (checksums verified,
   rollback journal on) into a trained model, with ``rollback=False``, and into a freshly
   built model;
@@ -288,6 +290,9 @@ def operations(case, d):
          lambda: osf.export_state(model, d / "s2.optstate", fsync=False, **kw), None, "export"),
         ("anchor: old floor (copy out + save_file)", old_floor_export, None, "export"),
         ("physical floor: readinto", lambda: physical_read(in_buffers, d / "phys.bin"), None,
+         "import"),
+        ("reference: readinto into fresh buffers (+ allocation, page faults)",
+         lambda: physical_read([np.empty_like(b) for b in in_buffers], d / "phys.bin"), None,
          "import"),
         ("optstate import", lambda: osf.import_state(target, d / "s.optstate", **tkw), None,
          "import"),

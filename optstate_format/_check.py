@@ -54,15 +54,19 @@ def _check(path, progress=None):
     state = read(path, verify=True, progress=progress)
     rep = CheckReport(str(path), True)
     n = len(state.globals)
+    proven = state._proven_finite  # found finite while read: no second pass
+
+    def nonfinite(arr):
+        return 0 if id(arr) in proven else _dtypes.count_nonfinite(arr)
     for w in state.weights:
         for name, arr in w.slots.items():
             n += 1
-            bad = _dtypes.count_nonfinite(arr)
+            bad = nonfinite(arr)
             if bad:
                 rep.warnings.append(f"{w.path} slot {name!r}: {bad} NaN/Inf value(s)")
         if w.value is not None:
             n += 1
-            bad = _dtypes.count_nonfinite(w.value)
+            bad = nonfinite(w.value)
             if bad:
                 rep.warnings.append(f"{w.path} value: {bad} NaN/Inf value(s)")
     rep.tensors = n

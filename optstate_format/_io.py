@@ -765,6 +765,7 @@ def _check_table(entries, data_len):
 
 
 _HUGE = 2 * 1024 * 1024
+_FLOAT_NAMES = frozenset(("float16", "float32", "float64"))
 
 
 def _new_array(shape, dtype, nbytes):
@@ -783,6 +784,7 @@ class _Container:
     """An opened file whose container header and header document are validated."""
 
     def __init__(self, path):
+        self.finite = set()  # keys of large float tensors proven free of NaN/Inf while read
         f = self.file = _File(path)
         try:
             self._load()
@@ -869,7 +871,10 @@ class _Container:
             raw = memoryview(arr.reshape(-1).view(np.uint8))
             crc = self.file.read_into(raw, self.data_start + start, with_crc=verify,
                                       what=f"tensor {key!r}")
-        return [(key, self._finish(key, name, arr, verify, crc))]
+        arr = self._finish(key, name, arr, verify, crc)
+        if name in _FLOAT_NAMES and _dtypes.proven_finite(arr):
+            self.finite.add(key)  # while its bytes are in cache (count_nonfinite's pass)
+        return [(key, arr)]
 
     def read_run(self, keys, begin, end, verify):
         """Small tensors that lie back to back: one read into private memory, each tensor's
@@ -970,6 +975,9 @@ def _read(path, verify, progress=None, with_dtypes=False):
         globals={k: arrays[v] for k, v in doc["globals"].items()},
         producer=doc["producer"], metadata=doc.get("metadata", {}),
         version=f"{version[0]}.{version[1]}")
+    # ids of the arrays proven free of NaN/Inf while read: the import's NaN/Inf notes and
+    # check's warnings skip a second pass over them (the state holds them: ids stay unique)
+    state._proven_finite = frozenset(id(arrays[k]) for k in cont.finite)
     if with_dtypes:
         return state, {key: entry[0] for key, entry in cont.tensors.items()}
     return state

@@ -482,7 +482,10 @@ def _fits(arr, dst: str) -> bool:
     return lo <= int(arr.min()) and int(arr.max()) <= hi
 
 
-def _note_nonfinite(report, arr, what):
+def _note_nonfinite(report, arr, what, proven=frozenset()):
+    """Note NaN/Inf values in ``arr``; ``proven``: ids of arrays the reader found finite."""
+    if id(arr) in proven:
+        return
     bad = _dtypes.count_nonfinite(arr)
     if bad:
         report.notes.append(f"{what}: {bad} NaN/Inf value(s), imported as they are")
@@ -610,6 +613,7 @@ def plan_import(state, target, *, mapping=None, strict=True, include_weights=Fal
                           file_version=getattr(state, "version", None), identities=identities)
     fmap = {w.path: w for w in state.weights}
     tmap = {w.path: w for w in target.weights}
+    proven = getattr(state, "_proven_finite", frozenset())
     problems = []
     topt = target.optimizer
     if state.optimizer.algorithm != topt.algorithm:
@@ -677,7 +681,7 @@ def plan_import(state, target, *, mapping=None, strict=True, include_weights=Fal
             conv = _convert(arr, st.dtype, fp, report.mismatched)
             if conv is not None:
                 assignments.append((st, conv))
-                _note_nonfinite(report, conv, f"{fp} slot {sname!r}")
+                _note_nonfinite(report, conv, f"{fp} slot {sname!r}", proven)
         if include_weights:
             if fw.value is None:
                 report.mismatched.append(Problem(
@@ -691,7 +695,7 @@ def plan_import(state, target, *, mapping=None, strict=True, include_weights=Fal
                 conv = _convert(fw.value, tw.dtype, fp, report.mismatched)
                 if conv is not None:
                     assignments.append((tw.value, conv))
-                    _note_nonfinite(report, conv, f"{fp} value")
+                    _note_nonfinite(report, conv, f"{fp} value", proven)
     matched_files = {fp for fp, (tp, _) in pairs.items() if tp in matched_targets}
     for tw in target.weights:
         if tw.path not in matched_targets and (tw.slots or include_weights):
@@ -733,7 +737,7 @@ def plan_import(state, target, *, mapping=None, strict=True, include_weights=Fal
         conv = _convert(arr, gt.dtype, f"global:{name}", report.mismatched)
         if conv is not None:
             assignments.append((gt, conv))
-            _note_nonfinite(report, conv, f"global {name!r}")
+            _note_nonfinite(report, conv, f"global {name!r}", proven)
     _check_iterations(state, problems)
     for key, neutral in sorted(_registry.UPDATE_RULE_HYPERPARAMETERS.items()):
         value = state.optimizer.hyperparameters.get(key, neutral)

@@ -1233,3 +1233,41 @@ def test_an_adapter_without_adopt_gets_assign_and_a_failed_adopt_rolls_back(monk
     assert ad2.values.keys() == before.keys()
     for k in before:
         np.testing.assert_array_equal(ad2.values[k], before[k])
+
+
+def test_large_tensors_read_with_nan_are_still_reported_and_finite_ones_proven(monkeypatch,
+                                                                               tmp_path):
+    """The reader proves large float tensors finite while their bytes are in cache (issue 16);
+    a tensor it cannot prove (NaN, Inf, or a sum that overflows) is still counted exactly."""
+    st = named_state()
+    big = np.linspace(-1, 1, 40_000, dtype=np.float32).reshape(200, 200)  # 160 kB: read alone
+    bad = big.copy()
+    bad.reshape(-1)[[5, 999, 30_000]] = np.nan
+    bad.reshape(-1)[7] = -np.inf
+    loud = np.full((200, 200), 60000.0, np.float16)  # finite, but its float16 sum overflows
+    for w, arr in zip(st.weights, (big, bad, loud)):
+        w.shape, w.dtype = arr.shape, str(arr.dtype)
+        w.slots = {"m": arr, "v": np.abs(arr)}
+    path = osf.write(st, tmp_path / "big.optstate")
+    back = osf.read(path)
+    proven = back._proven_finite
+    w0, w1, w2 = back.weights
+    assert id(w0.slots["m"]) in proven and id(w0.slots["v"]) in proven
+    assert id(w1.slots["m"]) not in proven and id(w2.slots["m"]) not in proven
+    rep = osf.check(path)
+    assert rep.valid and sorted(rep.warnings) == sorted([
+        f"{w1.path} slot 'm': 4 NaN/Inf value(s)", f"{w1.path} slot 'v': 4 NaN/Inf value(s)"])
+    ad = counting_model(st, monkeypatch)
+    for w, arr in zip(st.weights, (big, bad, loud)):
+        for s in ("m", "v"):
+            ad.values[(w.path, s)] = np.zeros(arr.shape, arr.dtype)
+    for ws in ad.opt.slots:
+        for var in ws.slots.values():
+            var.shape, var.dtype = ad.values[var.handle].shape, str(ad.values[var.handle].dtype)
+    for mw, arr in zip(ad.desc.weights, (big, bad, loud)):
+        mw.variable.shape, mw.variable.dtype = arr.shape, str(arr.dtype)
+    report = _api.import_state(object(), path)
+    assert sorted(n for n in report.notes if "NaN" in n) == sorted([
+        f"{w1.path} slot 'm': 4 NaN/Inf value(s), imported as they are",
+        f"{w1.path} slot 'v': 4 NaN/Inf value(s), imported as they are"])
+    np.testing.assert_array_equal(ad.values[(w1.path, "m")], bad)
