@@ -80,17 +80,18 @@ def _to_numpy(t: torch.Tensor) -> np.ndarray:
     return t.numpy()
 
 
-def _state_tensor(value, current: torch.Tensor, *, adopt: bool) -> torch.Tensor:
-    """A new state tensor holding ``value``, shaped, typed and placed as ``current``.
+def _state_tensor(value, shape, dtype, device, *, adopt: bool) -> torch.Tensor:
+    """A new state tensor of ``shape``, ``dtype`` and ``device`` holding ``value``.
 
-    ``adopt``: ``value`` is given up by the core, so a CPU tensor of its dtype is a tensor
-    over its memory (no copy); otherwise, and for any other device or dtype, a copy."""
-    src = _from_numpy(value).reshape(current.shape)
+    ``adopt``: ``value`` is given up by the core, so for a CPU tensor of its dtype the result
+    is a tensor over its memory (no copy); otherwise, and for any other device or dtype, a
+    copy."""
+    src = _from_numpy(value).reshape(shape)
     arr = np.asarray(value)
-    if (adopt and current.device.type == "cpu" and src.dtype == current.dtype
+    if (adopt and torch.device(device).type == "cpu" and src.dtype == dtype
             and arr.flags.writeable and arr.flags.c_contiguous):
         return src
-    out = torch.empty_like(current, memory_format=torch.contiguous_format)
+    out = torch.empty(tuple(shape), dtype=dtype, device=device)
     with torch.no_grad():
         out.copy_(src)
     return out
@@ -345,6 +346,14 @@ class TorchAdapter(BaseAdapter):
         raise TypeError(f"not a torch adapter handle: {type(handle).__name__}")
 
     def assign(self, handle, value) -> None:
+        self._put(handle, value, adopt=False)
+
+    def adopt(self, handle, value) -> None:
+        """``assign``, keeping ``value``'s memory as the state tensor's when it can (the core
+        gives the array up): a CPU state tensor of the array's dtype becomes a tensor over it."""
+        self._put(handle, value, adopt=True)
+
+    def _put(self, handle, value, *, adopt) -> None:
         if isinstance(handle, torch.Tensor):
             with torch.no_grad():
                 handle.copy_(_from_numpy(value).reshape(handle.shape))
@@ -359,18 +368,22 @@ class TorchAdapter(BaseAdapter):
                 # create every entry it would (its own initial values), so a partial import
                 # never leaves state torch cannot step with.
                 for sk in handle.companions or (handle.spec,):
-                    if sk.key not in entry:
+                    if sk.key not in entry and sk is not handle.spec:
                         entry[sk.key] = (_create(sk, handle.group, handle.param)
-                                         if sk.init != "none" or sk is handle.spec else None)
-                if entry.get(key) is None:
-                    entry[key] = torch.empty(_torch_shape(handle.spec.layout, handle.param),
-                                             dtype=handle.param.dtype,
-                                             device=handle.param.device)
-            current = entry[key]
-            if isinstance(current, torch.Tensor):
+                                         if sk.init != "none" else None)
+                spec = handle.spec
+                if spec.python is int or ":" in spec.init:  # a number or a scalar: its type
+                    entry[key] = _create(spec, handle.group, handle.param)
+            current = entry.get(key)
+            if current is None:  # a tensor shaped like the parameter: made from the value
+                p = handle.param
+                entry[key] = _state_tensor(value, _torch_shape(handle.spec.layout, p), p.dtype,
+                                           p.device, adopt=adopt)
+            elif isinstance(current, torch.Tensor):
                 # a new tensor, as load_state_dict puts in, never a write into the old one:
                 # the old one is then the rollback snapshot, kept without a copy
-                entry[key] = _state_tensor(value, current, adopt=False)
+                entry[key] = _state_tensor(value, current.shape, current.dtype, current.device,
+                                           adopt=adopt)
             else:
                 py = handle.spec.python or type(current)
                 entry[key] = py(np.asarray(value).item())
@@ -386,17 +399,6 @@ class TorchAdapter(BaseAdapter):
                 handle.group[handle.key] = handle.pre if same else v
             return
         raise TypeError(f"not a torch adapter handle: {type(handle).__name__}")
-
-    def adopt(self, handle, value) -> None:
-        """``assign``, keeping ``value``'s memory as the state tensor's when it can (the core
-        gives the array up): a CPU state tensor of the array's dtype becomes a tensor over it."""
-        if isinstance(handle, _StateSlot):
-            current = (handle.state.get(handle.param) or {}).get(handle.spec.key)
-            if isinstance(current, torch.Tensor):
-                handle.state[handle.param][handle.spec.key] = _state_tensor(value, current,
-                                                                             adopt=True)
-                return
-        self.assign(handle, value)
 
     def snapshot(self, handle):
         if isinstance(handle, _StateSlot):
