@@ -339,12 +339,63 @@ def profile(framework, mb, folder, top=25):
         print("```")
 
 
+def residual_graph(n_layers):
+    """A deep residual stack (Dense, Activation, Add per block), as the core sees it."""
+    from optstate_format._identity import Graph, Layer, Node
+    layers, nodes = {}, []
+    x = ("input", 0)
+    for i in range(n_layers // 3):
+        layers[f"d{i}"] = Layer("Dense", [("kernel", f"d{i}.k"), ("bias", f"d{i}.b")])
+        nodes.append(Node(f"d{i}", [x]))
+        layers[f"act{i}"] = Layer("Activation")
+        nodes.append(Node(f"act{i}", [("node", len(nodes) - 1, 0)]))
+        layers[f"add{i}"] = Layer("Add")
+        nodes.append(Node(f"add{i}", [x, ("node", len(nodes) - 1, 0)]))
+        x = ("node", len(nodes) - 1, 0)
+    return Graph(layers, nodes, [x])
+
+
+def bench_matching(sizes):
+    """Core identity alone, and a whole Keras transfer (describe both models, match, plan,
+    assign) between two deep residual stacks whose weights are tiny: the matching cost."""
+    import keras
+    from optstate_format._identity import describe_identities
+
+    def model(n_layers):
+        ipt = keras.Input((8,))
+        x = ipt
+        for _ in range(n_layers // 3):
+            y = keras.layers.Dense(8)(x)
+            y = keras.layers.Activation("relu")(y)
+            x = keras.layers.Add()([x, y])
+        m = keras.Model(ipt, x)
+        m.compile(keras.optimizers.Adam(), "mse")
+        m.optimizer.build(m.trainable_variables)
+        return m
+    out = []
+    for n in sizes:
+        g = residual_graph(n)
+        gc.collect()
+        t0 = time.perf_counter()
+        describe_identities(g)
+        core = time.perf_counter() - t0
+        a, b = model(n), model(n)
+        gc.collect()
+        t0 = time.perf_counter()
+        osf.transfer_state(a, b)
+        full = time.perf_counter() - t0
+        out.append((n, core, len(a.layers), full))
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--framework", choices=sorted(CASES), default="keras")
     ap.add_argument("--sizes", default="50,200,1000")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--profile", type=int, default=0, metavar="MB")
+    ap.add_argument("--match-sizes", default="500,1000,5000",
+                    help="layers of the matching benchmark (Keras); empty to skip")
     args = ap.parse_args()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, "
           f"{os.sysconf('SC_PHYS_PAGES') * PAGE / 2**30:.0f} GiB; {platform.platform()}; "
@@ -353,7 +404,7 @@ def main():
         with tempfile.TemporaryDirectory(dir=".") as folder:
             profile(args.framework, args.profile, folder)
         return
-    for mb in [int(s) for s in args.sizes.split(",")]:
+    for mb in [int(s) for s in args.sizes.split(",") if s]:
         with tempfile.TemporaryDirectory(dir=".") as folder:
             case, sb, largest, rows = bench_size(args.framework, mb, args.repeats, folder)
         print(f"\n### {case.name}: Adam state {sb / 1e6:.0f} MB ({case.n_layers} x "
@@ -369,6 +420,15 @@ def main():
         for name, (t, lo, hi, mem, kind) in rows.items():
             print(f"| {name} | {t:.3f} | {lo:.3f} - {hi:.3f} | {t / floors[kind]:.2f} | "
                   f"{mem / 1e6:.0f} |")
+    if args.match_sizes and args.framework == "keras":
+        import sys
+        sys.setrecursionlimit(100_000)  # Keras's own model construction recurses per layer
+        print("\n### Matching: structural identity and a whole transfer, deep residual stacks\n")
+        print("| layers | core identity only (s) | Keras layers | transfer_state, Keras (s) |")
+        print("| --- | --- | --- | --- |")
+        for n, core, kl, full in bench_matching(
+                [int(x) for x in args.match_sizes.split(",")]):
+            print(f"| {n} | {core:.3f} | {kl} | {full:.3f} |")
 
 
 if __name__ == "__main__":
