@@ -517,18 +517,15 @@ def _map_components(state, target, pairs, fmap, tmap, problems):
         if not (fw.slots or tw.slots):
             continue
         fc, tc = fw.component, tw.component
-        if fwd.setdefault(fc, tc) != tc:
-            problems.append(Problem(
-                "E_MATCH_COMPONENT", fp, f"the file's inner optimizer {fc} holds weights that the"
-                f" target gives to different inner optimizers ({fwd[fc]} and {tc}); the "
-                "optimizer maps of the two models disagree"))
-            return dict(state.globals)
-        if back.setdefault(tc, fc) != fc:
-            problems.append(Problem(
-                "E_MATCH_COMPONENT", fp, f"the target's inner optimizer {tc} holds weights that "
-                f"the file gives to different inner optimizers ({back[tc]} and {fc}); the "
-                "optimizer maps of the two models disagree"))
-            return dict(state.globals)
+        # the map must be one-to-one: checked from each side, with the same message
+        for seen, mine, theirs, side, other in ((fwd, fc, tc, "file", "target"),
+                                                (back, tc, fc, "target", "file")):
+            if seen.setdefault(mine, theirs) != theirs:
+                problems.append(Problem(
+                    "E_MATCH_COMPONENT", fp, f"the {side}'s inner optimizer {mine} holds weights "
+                    f"that the {other} gives to different inner optimizers ({seen[mine]} and "
+                    f"{theirs}); the optimizer maps of the two models disagree"))
+                return dict(state.globals)
     for fc, tc in sorted(fwd.items()):
         fa = state.optimizer.components[fc]["algorithm"]
         ta = target.optimizer.components[tc]["algorithm"]
