@@ -254,7 +254,7 @@ def run_interleaved(ops, repeats):
                    max(mems[name]), kind) for name, _, _, kind in ops}
 
 
-def operations(case, d):
+def operations(case, d, anchors=True):
     model, target = case.model, case.target
     kw = {"optimizer": model.optimizer} if isinstance(case, TorchCase) else {}
     tkw = {"optimizer": target.optimizer} if isinstance(case, TorchCase) else {}
@@ -302,14 +302,16 @@ def operations(case, d):
         ("optstate import into a fresh model", fresh_import, new_fresh, "import"),
         ("anchor: old floor (load_file + assign)", old_floor_import, None, "import"),
     ]
+    if not anchors:  # Keras's and torch's own savers churn memory between our rounds
+        return [op for op in ops if not op[0].startswith("anchor")]
     ops += [(name, fn, None, kind) for name, fn, kind in case.anchors(d)]
     return ops
 
 
-def bench_size(framework, mb, repeats, folder):
+def bench_size(framework, mb, repeats, folder, anchors=True):
     case = CASES[framework](mb)
     d = Path(folder)
-    rows = run_interleaved(operations(case, d), repeats)
+    rows = run_interleaved(operations(case, d, anchors), repeats)
     state_bytes = sum(a.nbytes for a in case.arrays(case.model))
     largest = max(a.nbytes for a in case.arrays(case.model))
     for f in d.iterdir():
@@ -394,6 +396,8 @@ def main():
     ap.add_argument("--sizes", default="50,200,1000")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--profile", type=int, default=0, metavar="MB")
+    ap.add_argument("--no-anchors", action="store_true",
+                    help="only the floors and ours (the anchors' memory churn slows imports)")
     ap.add_argument("--match-sizes", default="500,1000,5000",
                     help="layers of the matching benchmark (Keras); empty to skip")
     args = ap.parse_args()
@@ -406,7 +410,8 @@ def main():
         return
     for mb in [int(s) for s in args.sizes.split(",") if s]:
         with tempfile.TemporaryDirectory(dir=".") as folder:
-            case, sb, largest, rows = bench_size(args.framework, mb, args.repeats, folder)
+            case, sb, largest, rows = bench_size(args.framework, mb, args.repeats, folder,
+                                                 not args.no_anchors)
         print(f"\n### {case.name}: Adam state {sb / 1e6:.0f} MB ({case.n_layers} x "
               f"{case.width}x{case.width}; largest tensor {largest / 1e6:.1f} MB), median of "
               f"{args.repeats}; python {platform.python_version()}, numpy {np.__version__}, "
