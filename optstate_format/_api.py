@@ -126,10 +126,10 @@ def source_state(model, *, optimizer=None, include_weights=False, materialize=Fa
 
 
 def export_state(model, path, *, optimizer=None, include_weights=False, metadata=None,
-                 fsync=True):
+                 fsync=True, max_shard_size=None):
     state = source_state(model, optimizer=optimizer, include_weights=include_weights,
                          metadata=metadata)
-    return write(state, path, fsync=fsync)
+    return write(state, path, fsync=fsync, max_shard_size=max_shard_size)
 
 
 def apply_state(model, state: OptimizerState, *, optimizer=None, strict=True, mapping=None,

@@ -267,8 +267,13 @@ def _file_mode(path: Path) -> int:
     return 0o666 & ~_umask()
 
 
-def write(state: OptimizerState, path, *, fsync: bool = True) -> Path:
+def write(state: OptimizerState, path, *, fsync: bool = True, max_shard_size=None) -> Path:
     """Write ``state`` to ``path`` atomically and deterministically; return the path.
+
+    With ``max_shard_size`` (bytes of tensor data per shard), ``path`` becomes a sharded
+    archive: a folder of shard files and an index, committed as a whole (spec section 14;
+    :func:`optstate_format._archive.write_archive`). ``read``, ``check`` and
+    ``import_state`` accept the folder.
 
     Tensors are fetched, checksummed and written one at a time (``LazyTensor``
     sources are fetched only when reached). The bytes go to a temporary file in
@@ -286,6 +291,9 @@ def write(state: OptimizerState, path, *, fsync: bool = True) -> Path:
     >>> read(p).weight("dense/kernel").slots["momentum"].tolist()
     [0.0, 0.0]
     """
+    if max_shard_size is not None:  # a sharded archive (spec 14)
+        from ._archive import write_archive
+        return write_archive(state, path, max_shard_size=max_shard_size, fsync=fsync)
     path = Path(path)
     doc, tensors = _plan(state)
     entries, offset = [], 0
@@ -940,8 +948,14 @@ def _guarded(fn, *args):
                           code="E_FORMAT") from e
 
 
+def _open(path):
+    """The validated container at ``path``; a folder is a sharded archive (spec 14)."""
+    from . import _archive
+    return _archive.Archive(path) if _archive.is_archive(path) else _Container(path)
+
+
 def _read(path, verify, progress=None):
-    cont = _Container(path)
+    cont = _open(path)
     try:
         arrays = cont.read_all(verify, progress)
     finally:
@@ -993,7 +1007,7 @@ def read(path, *, verify: bool = True, progress=None) -> OptimizerState:
 
 
 def _read_doc_only(path):
-    cont = _Container(path)
+    cont = _open(path)
     cont.file.close()
     return cont.doc
 
