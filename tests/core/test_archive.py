@@ -443,3 +443,63 @@ def test_invalid_archive_vector_is_refused_with_its_code(path):
     assert (e.value.code, type(e.value).__name__) == (expected["code"], expected["error"])
     rep = osf.check(path)
     assert not rep.valid and rep.code == expected["code"]
+
+
+# --- fuzz: only our errors escape --------------------------------------------------------
+
+def test_fuzz_mutated_archives_raise_only_our_errors_or_read_correctly(tmp_path, capsys):
+    base = osf.write(adam_state(n_weights=3), tmp_path / "base", max_shard_size=64)
+    good = adam_state(n_weights=3)
+    names = sorted(os.listdir(base))
+    rnd = random.Random(1415)
+    codes = {}
+    for i in range(300):
+        arc = tmp_path / f"f{i}"
+        shutil.copytree(base, arc)
+        victim = arc / rnd.choice(names)
+        raw = bytearray(victim.read_bytes())
+        kind = rnd.choice(["flip", "truncate", "extend", "zero"])
+        if kind == "flip":
+            for _ in range(rnd.randint(1, 4)):
+                raw[rnd.randrange(len(raw))] ^= 1 << rnd.randrange(8)
+        elif kind == "truncate":
+            del raw[rnd.randrange(len(raw)):]
+        elif kind == "extend":
+            raw += bytes(rnd.randrange(256) for _ in range(rnd.randint(1, 9)))
+        else:
+            s = rnd.randrange(len(raw))
+            raw[s:s + rnd.randint(1, 64)] = bytes(min(64, len(raw) - s))
+        victim.write_bytes(bytes(raw))
+        try:
+            st = osf.read(arc)
+        except osf.OptStateError as e:
+            assert e.code != "E_FORMAT", e  # E_FORMAT would be a reader bug
+            codes[e.code] = codes.get(e.code, 0) + 1
+        else:  # a change the format does not protect (padding): the values are still right
+            _assert_same_state(st, good)
+            codes["read"] = codes.get("read", 0) + 1
+        shutil.rmtree(arc)
+    assert codes.get("E_CHECKSUM", 0) + codes.get("E_HEADER_CHECKSUM", 0) > 0
+    with capsys.disabled():
+        print(f"\n[archive fuzz] 300 mutated archives: {dict(sorted(codes.items()))}")
+
+
+def test_temporary_folders_of_killed_new_exports_are_removed_when_old(tmp_path):
+    from optstate_format._io import _HOST
+    dead = 2 ** 22 + 12345  # above the default pid_max range used here: no such process
+    while _io._pid_alive(dead):
+        dead += 1
+    stale = tmp_path / f".run.optstate.{_HOST}-{dead}.abcd1234.optstate.tmp"
+    stale.mkdir()
+    (stale / "shard-x.safetensors").write_bytes(b"half")
+    young = tmp_path / f".run.optstate.{_HOST}-{dead}.young123.optstate.tmp"
+    young.mkdir()
+    old = time.time() - _io.STALE_TEMP_SECONDS - 5
+    os.utime(stale, (old, old))
+    live = tmp_path / f".run.optstate.{_HOST}-{os.getppid()}.livepid1.optstate.tmp"
+    live.mkdir()
+    os.utime(live, (old, old))
+    osf.write(adam_state(), tmp_path / "run.optstate", max_shard_size=64)
+    left = sorted(os.listdir(tmp_path))
+    assert stale.name not in left and young.name in left and live.name in left
+    assert osf.check(tmp_path / "run.optstate").valid
