@@ -30,6 +30,7 @@ never following a symbolic link.
 from __future__ import annotations
 
 import errno
+import json
 import math
 import os
 import re
@@ -37,6 +38,7 @@ import secrets
 import shutil
 import stat
 import struct
+import sys
 import tempfile
 import threading
 import time
@@ -48,6 +50,7 @@ import numpy as np
 from . import _dtypes, _header, _io
 from ._errors import FormatError, IntegrityError, OptStateError, StorageError, UnsupportedError
 from ._paths import HEADER_KEY
+from ._state import LazyTensor
 from ._versions import CURRENT_VERSION, parse_version
 
 INDEX_NAME = "optstate-index.safetensors"
@@ -58,12 +61,67 @@ MAX_SHARDS = 100_000
 # A shard file name: a plain name in the archive folder (no separator, no leading dot).
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,254}")
 _GEN = re.compile(r"[0-9a-f]{16}")
-_SHARD_FILE = re.compile(r"shard-([0-9a-f]{16})-[0-9]{5,}-of-[0-9]{5,}\.safetensors")
+_SHARD_FILE = re.compile(
+    r"shard-([0-9a-f]{16})(?:-p[0-9]{5,})?-[0-9]{5,}-of-[0-9]{5,}\.safetensors")
+# Reader limit (spec 14.9): pieces of one tensor.
+MAX_PIECES = 4096
 _TEMP_FILE = re.compile(r"\..+\.([0-9a-f]{8})-([0-9]{1,10})\.[A-Za-z0-9_]+\.optstate\.tmp")
 
 
 def _fail(msg, code, **kw):
     raise FormatError(msg, code=code, **kw)
+
+
+def _gf2_times(mat, vec):
+    out, i = 0, 0
+    while vec:
+        if vec & 1:
+            out ^= mat[i]
+        vec >>= 1
+        i += 1
+    return out
+
+
+def _gf2_square(mat):
+    return [_gf2_times(mat, mat[n]) for n in range(32)]
+
+
+def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
+    """The crc32 of A + B from crc32(A), crc32(B) and len(B) (zlib's method: appending
+    ``len2`` zero bytes is a linear map, applied by repeated squaring).
+
+    >>> import zlib
+    >>> crc32_combine(zlib.crc32(b"ab"), zlib.crc32(b"cde"), 3) == zlib.crc32(b"abcde")
+    True
+    """
+    if len2 <= 0:
+        return crc1
+    odd = [0xEDB88320] + [1 << n for n in range(31)]
+    even = _gf2_square(odd)
+    odd = _gf2_square(even)
+    while True:
+        even = _gf2_square(odd)
+        if len2 & 1:
+            crc1 = _gf2_times(even, crc1)
+        len2 >>= 1
+        if not len2:
+            break
+        odd = _gf2_square(even)
+        if len2 & 1:
+            crc1 = _gf2_times(odd, crc1)
+        len2 >>= 1
+        if not len2:
+            break
+    return crc1 ^ crc2
+
+
+def piece_key(key: str, start, stop) -> str:
+    """The key in its shard of the piece ``[start, stop)`` of tensor ``key`` (spec 14.9).
+
+    >>> piece_key("slot:d/kernel:m", [0, 8], [4, 16])
+    'slot:d/kernel:m@0:4,8:16'
+    """
+    return f"{key}@" + ",".join(f"{a}:{b}" for a, b in zip(start, stop))
 
 
 def shard_name(gen: str, i: int, n: int) -> str:
@@ -135,7 +193,7 @@ def _write_temp(folder: Path, final: str, mode: int, fsync: bool, fill):
     return tmp
 
 
-def _fill_shard(group, gen):
+def _fill_shard(group, gen, pieces=None):
     """A function writing one shard: its tensors (data first, the container header last,
     as the single-file writer does), then its document; records crc32s and the doc crc."""
     record = {}
@@ -161,6 +219,8 @@ def _fill_shard(group, gen):
             del arr, view
         doc = {"format": SHARD_FORMAT, "version": f"{CURRENT_VERSION[0]}.{CURRENT_VERSION[1]}",
                "archive": gen, "checksum": "crc32", "checksums": dict(sorted(checksums.items()))}
+        if pieces:
+            doc["pieces"] = {k: pieces[k] for k in sorted(pieces)}
         blob = msgpack.packb(doc, use_bin_type=True)
         f.write(blob)
         head = _header_json(entries, _meta(SHARD_FORMAT, blob), len(blob))
@@ -260,6 +320,39 @@ def _previous_shards(folder: Path) -> set:
         return set()
 
 
+def _check_target(path: Path) -> bool:
+    """Whether ``path`` is new (True) or an archive folder or empty folder to replace (False);
+    StorageError (E_WRITE) for anything else (spec 14.4)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return True
+    except OSError as e:
+        raise _io._storage_error(e, path) from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise StorageError(f"cannot write the archive {str(path)!r}: a file is at the path; a "
+                           "sharded archive is a folder. Remove the file or choose another "
+                           "name. Nothing was written.")
+    try:
+        listing = os.listdir(path)
+    except OSError as e:
+        raise _io._storage_error(e, path) from None
+    if listing and INDEX_NAME not in listing:
+        raise StorageError(f"cannot write the archive {str(path)!r}: the folder is not an "
+                           f"optstate archive (it has no {INDEX_NAME}) and is not empty. "
+                           "Choose another name. Nothing was written.")
+    return False
+
+
+def _new_work(parent: Path, name: str) -> Path:
+    """A temporary folder beside a new archive, named as 9.4's temporary files."""
+    _remove_stale_temp_dirs(parent, name)
+    work = Path(tempfile.mkdtemp(prefix=f"{_io._temp_prefix(name)}{_io._HOST}-{os.getpid()}.",
+                                 suffix=".optstate.tmp", dir=parent))
+    os.chmod(work, 0o777 & ~_io._umask())
+    return work
+
+
 def write_archive(state, path, *, max_shard_size, fsync=True, _generation=None) -> Path:
     """Write ``state`` as a sharded archive: a folder at ``path`` (spec section 14).
 
@@ -271,6 +364,10 @@ def write_archive(state, path, *, max_shard_size, fsync=True, _generation=None) 
     if type(max_shard_size) is not int or max_shard_size < 1:
         raise UnsupportedError(f"max_shard_size must be a positive int (bytes of tensor data "
                                f"per shard), got {max_shard_size!r}.")
+    procs = processes() if _generation is None else None
+    if procs is not None:
+        return write_distributed(state, path, max_shard_size=max_shard_size, fsync=fsync,
+                                 procs=procs)
     path = Path(path)
     doc, tensors = _io._plan(state)
     gen = _generation or secrets.token_hex(8)
@@ -280,37 +377,13 @@ def write_archive(state, path, *, max_shard_size, fsync=True, _generation=None) 
                                "raise max_shard_size.")
     names = [shard_name(gen, i + 1, len(groups)) for i in range(len(groups))]
     parent = path.parent if str(path.parent) else Path(".")
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        st = None
-    except OSError as e:
-        raise _io._storage_error(e, path) from None
-    if st is not None and not stat.S_ISDIR(st.st_mode):
-        raise StorageError(f"cannot write the archive {str(path)!r}: a file is at the path; a "
-                           "sharded archive is a folder. Remove the file or choose another "
-                           "name. Nothing was written.")
-    fresh = st is None
-    if not fresh:
-        try:
-            listing = os.listdir(path)
-        except OSError as e:
-            raise _io._storage_error(e, path) from None
-        if listing and INDEX_NAME not in listing:
-            raise StorageError(f"cannot write the archive {str(path)!r}: the folder is not an "
-                               f"optstate archive (it has no {INDEX_NAME}) and is not empty. "
-                               "Choose another name. Nothing was written.")
+    fresh = _check_target(path)
     mode = _io._file_mode(path / INDEX_NAME)
     created = []  # files this export put under final names (removed if it fails)
     work = None
     try:
         if fresh:
-            _remove_stale_temp_dirs(parent, path.name)
-            work = Path(tempfile.mkdtemp(
-                prefix=f"{_io._temp_prefix(path.name)}{_io._HOST}-{os.getpid()}.",
-                suffix=".optstate.tmp", dir=parent))
-            os.chmod(work, 0o777 & ~_io._umask())
-            folder = work
+            work = folder = _new_work(parent, path.name)
         else:
             folder = path
         previous = set() if fresh else _previous_shards(path)
@@ -490,10 +563,79 @@ def _archive_field(doc):
             _fail(f"archive.shards puts tensor {key!r} in {name!r}, which archive.files does "
                   "not list.", "E_SCHEMA", key=key)
         held.setdefault(name, []).append(key)
+    pieces = _pieces_field(arch, shards, out, held)
     for name in out:
         if name not in held:
             _fail(f"archive.files lists {name!r}, which holds no tensor.", "E_SCHEMA")
-    return gen, shards, out, held
+    return gen, shards, out, held, pieces
+
+
+def _pieces_field(arch, shards, files, held):
+    """``archive.pieces`` (spec 14.9): {key: (dtype, shape, [(file, shard key, start, stop,
+    crc32)])}, checked in form, bounds and tiling before any shard is opened."""
+    raw = arch.get("pieces", {})
+    _typed(raw, dict, "archive.pieces")
+    out, names = {}, set(shards)
+    for key, rec in raw.items():
+        where = f"archive.pieces[{key!r}]"
+        _typed(rec, dict, where)
+        if key in shards or key == HEADER_KEY:
+            _fail(f"{where}: the tensor is also stored whole (or is the document).", "E_SCHEMA",
+                  key=key)
+        dtype = _typed(rec.get("dtype"), str, f"{where}.dtype")
+        if dtype not in _dtypes.DTYPES:
+            _fail(f"{where}.dtype {dtype[:40]!r} is not a dtype of section 6.", "E_DTYPE",
+                  key=key)
+        shape = _typed(rec.get("shape"), list, f"{where}.shape")
+        problem = _header.shape_problem(shape)
+        if problem:
+            _fail(f"{where}.shape: {problem[1]}.", problem[0], key=key)
+        parts = _typed(rec.get("parts"), list, f"{where}.parts")
+        if not parts or len(parts) > MAX_PIECES:
+            _fail(f"{where} has {len(parts)} parts; 1 to {MAX_PIECES} are allowed.",
+                  "E_LIMIT" if parts else "E_SCHEMA", key=key)
+        got, volume = [], 0
+        for i, part in enumerate(parts):
+            pw = f"{where}.parts[{i}]"
+            _typed(part, dict, pw)
+            name = _typed(part.get("file"), str, f"{pw}.file")
+            _check_name(name, f"{pw}.file")
+            if name not in files:
+                _fail(f"{pw} names {name!r}, which archive.files does not list.", "E_SCHEMA",
+                      key=key)
+            skey = _typed(part.get("key"), str, f"{pw}.key")
+            start = _typed(part.get("start"), list, f"{pw}.start")
+            stop = _typed(part.get("stop"), list, f"{pw}.stop")
+            crc = _typed(part.get("crc32"), int, f"{pw}.crc32")
+            if not (len(start) == len(stop) == len(shape) and all(
+                    type(a) is int and type(b) is int and 0 <= a < b <= n
+                    for a, b, n in zip(start, stop, shape))) or not 0 <= crc < 2 ** 32:
+                _fail(f"{pw}: start and stop must be {len(shape)} ints with 0 <= start < stop "
+                      f"<= {shape}, crc32 an unsigned 32-bit int.", "E_SCHEMA", key=key)
+            if skey in names or skey == HEADER_KEY:
+                _fail(f"{pw}: the shard key {skey[:80]!r} is used twice in the archive.",
+                      "E_DUPLICATE_KEY", key=key)
+            names.add(skey)
+            held.setdefault(name, []).append(skey)
+            volume += math.prod(b - a for a, b in zip(start, stop))
+            got.append((name, skey, start, stop, crc))
+        for i, (_, _, a0, b0, _) in enumerate(got):  # pairwise disjoint ...
+            for _, _, a1, b1, _ in got[:i]:
+                if all(x0 < y1 and x1 < y0 for x0, y0, x1, y1 in zip(a0, b0, a1, b1)):
+                    _fail(f"{where}: two parts overlap.", "E_ARCHIVE_PIECES", key=key)
+        if volume != math.prod(shape):  # ... and as large as the whole: they tile it
+            _fail(f"{where}: the parts cover {volume} of the {math.prod(shape)} elements.",
+                  "E_ARCHIVE_PIECES", key=key)
+        out[key] = (dtype, tuple(shape), got)
+    return out
+
+
+def _combined_crc(dtype, parts):
+    crc = 0
+    for i, (_, _, start, stop, pcrc) in enumerate(parts):
+        n = math.prod(b - a for a, b in zip(start, stop)) * _dtypes.itemsize(dtype)
+        crc = pcrc if i == 0 else crc32_combine(crc, pcrc, n)
+    return crc
 
 
 def _shard_doc(doc, name, gen, expect, sums):
@@ -593,16 +735,24 @@ class Archive:
                 _fail(f"it holds the tensors {other}; an index holds only the header document "
                       "(tensors live in shards).", "E_CONTAINER")
         doc, self.version = index.doc, index.version
-        gen, where, files, held = _archive_field(doc)
-        self.files, self.generation = files, gen
+        gen, where, files, held, pieces = _archive_field(doc)
+        self.files, self.generation, self.pieces = files, gen, pieces
         sums = _typed(doc.get("checksums"), dict, "header.checksums")
         if not shards:
             self.doc = doc
             return
+        crcs = dict(sums)  # the crc32 each shard key must have: whole tensors, then pieces
+        for key, (dtype, shape, parts) in pieces.items():
+            for _, skey, _, _, pcrc in parts:
+                crcs[skey] = pcrc
+            if sums.get(key) != _combined_crc(dtype, parts):
+                _fail(f"checksums[{key!r}] is not the crc32 of its pieces' bytes in the "
+                      "order archive.pieces lists them (spec 14.9).", "E_ARCHIVE_MISMATCH",
+                      key=key)
         table, self.parts = {}, []
         for name in sorted(files):
             with _named(f"shard {name!r}"):
-                part = self._load_shard(name, files[name], held[name], gen, sums)
+                part = self._load_shard(name, files[name], held[name], gen, crcs)
             for key in held[name]:
                 if key in table:  # pragma: no cover - a key maps to one file in the index
                     _fail(f"tensor {key!r} is in two shards.", "E_DUPLICATE_KEY", key=key)
@@ -611,6 +761,14 @@ class Archive:
                 _fail(f"more than {_io.MAX_TENSORS} tensors; the limit is {_io.MAX_TENSORS}.",
                       "E_LIMIT")
             self.parts.append(part)
+        for key, (dtype, shape, parts) in pieces.items():
+            for name, skey, start, stop, _ in parts:
+                sdtype, sshape = table.pop(skey)[:2]
+                want = tuple(b - a for a, b in zip(start, stop))
+                if sdtype != dtype or tuple(sshape) != want:
+                    _fail(f"shard {name!r} holds the piece {skey!r} as {sdtype}{list(sshape)}; "
+                          f"the index says {dtype}{list(want)}.", "E_ARCHIVE_MISMATCH", key=key)
+            table[key] = (dtype, shape, 0, 0)
         _io._check_empty_tensors(sum(1 for v in table.values() if 0 in v[1]), len(table))
         _header.validate(doc, table, self.version)
         self.doc = doc
@@ -665,6 +823,16 @@ class Archive:
                                      "from a copy.", code=e.code, key=e.key) from None
             finally:
                 part.file.close()
+        for key, (dtype, shape, parts) in self.pieces.items():  # assemble (spec 14.9)
+            whole = None
+            for _, skey, start, stop, _ in parts:
+                piece = arrays.pop(skey)
+                if whole is None:
+                    whole = _io._new_array(shape, piece.dtype, math.prod(shape) *
+                                           piece.dtype.itemsize)
+                whole[tuple(slice(a, b) for a, b in zip(start, stop))] = piece
+                del piece
+            arrays[key] = whole
         return arrays
 
 
@@ -674,3 +842,228 @@ def is_archive(path) -> bool:
         return stat.S_ISDIR(os.stat(path).st_mode)
     except (OSError, ValueError, TypeError):
         return False
+
+
+# ----------------------------------------------------------------------------- many writers
+
+class Sourced(LazyTensor):
+    """A lazy tensor that also keeps the framework variable it reads (``handle``): a writer
+    among several processes takes from it only the pieces this process owns (spec 14.10)."""
+
+    __slots__ = ("handle",)
+
+    def __init__(self, shape, dtype, fetch, handle):
+        super().__init__(shape, dtype, fetch)
+        self.handle = handle
+
+
+class _JaxProcesses:
+    """The processes of a ``jax.distributed`` job: broadcast from process 0 and gather
+    from all, through JAX's own collectives (which are also the barriers)."""
+
+    SIZE = 8192
+
+    def __init__(self, jax):
+        from jax.experimental import multihost_utils
+        self._mu = multihost_utils
+        self.index, self.count = jax.process_index(), jax.process_count()
+
+    def _pack(self, text):
+        raw = text.encode("utf-8", "replace")[:self.SIZE - 4]
+        buf = np.zeros(self.SIZE, np.uint8)
+        buf[:4] = np.frombuffer(struct.pack("<I", len(raw)), np.uint8)
+        buf[4:4 + len(raw)] = np.frombuffer(raw, np.uint8)
+        return buf
+
+    @staticmethod
+    def _unpack(buf):
+        buf = np.asarray(buf, np.uint8)
+        (n,) = struct.unpack("<I", buf[:4].tobytes())
+        return buf[4:4 + n].tobytes().decode("utf-8", "replace")
+
+    def broadcast(self, text):
+        return self._unpack(self._mu.broadcast_one_to_all(self._pack(text)))
+
+    def gather(self, text):
+        out = np.asarray(self._mu.process_allgather(self._pack(text)))
+        return [self._unpack(row) for row in out.reshape(self.count, self.SIZE)]
+
+
+def processes():
+    """The other writers of this export: a ``jax.distributed`` job of several processes,
+    or None (one process). JAX is never imported here: only a program that uses it is."""
+    jax = sys.modules.get("jax")
+    if jax is None or not hasattr(jax, "process_count"):
+        return None
+    try:
+        if jax.process_count() > 1:
+            return _JaxProcesses(jax)
+    except Exception:  # pragma: no cover - a jax without a usable runtime: one process
+        return None
+    return None
+
+
+def _owned(key, dtype, shape, source, procs):
+    """[(start, stop, fetch)] of the pieces of one tensor this process writes: each distinct
+    slice of a framework array once, by the device holding its replica 0; anything else (a
+    host value, a Python number) whole by process 0."""
+    handle = getattr(source, "handle", None)
+    arr = getattr(handle, "value", handle) if handle is not None else None
+    shards = getattr(arr, "addressable_shards", None)
+    whole = ([0] * len(shape), list(shape))
+    if shards is None or getattr(arr, "is_fully_addressable", True):
+        return [(*whole, lambda: np.asarray(source))] if procs.index == 0 else []
+    out, seen = [], set()
+    for s in shards:
+        if getattr(s, "replica_id", 0) != 0:
+            continue
+        bounds = [sl.indices(n)[:2] for sl, n in zip(s.index, shape)]
+        start, stop = [b[0] for b in bounds], [b[1] for b in bounds]
+        if tuple(start) in seen:
+            continue
+        seen.add(tuple(start))
+        out.append((start, stop, lambda s=s: np.asarray(s.data)))
+    return out
+
+
+class _Fetch(LazyTensor):
+    __slots__ = ()
+
+
+def _local_groups(tensors, max_shard_size, procs):
+    """This process's share of the planned tensors as shard groups, and the piece records
+    {shard key: {tensor, start, stop}} for tensors it writes in part."""
+    local, pieces = [], {}
+    for key, dtype, shape, source in tensors:
+        for start, stop, fetch in _owned(key, dtype, shape, source, procs):
+            if list(start) == [0] * len(shape) and list(stop) == list(shape):
+                local.append((key, dtype, shape, _Fetch(shape, dtype, fetch)))
+                continue
+            pshape = tuple(b - a for a, b in zip(start, stop))
+            skey = piece_key(key, start, stop)
+            pieces[skey] = {"tensor": key, "start": list(start), "stop": list(stop)}
+            local.append((skey, dtype, pshape, _Fetch(pshape, dtype, fetch)))
+    local.sort(key=lambda t: (-_dtypes.itemsize(t[1]), t[0]))
+    return _groups(local, max_shard_size), pieces
+
+
+def _gather_index(folder: Path, gen: str, doc: dict, planned: dict):
+    """Process 0, once every process has written: the index document from the shards'
+    own documents (their crc32s and piece records), spec 14.10."""
+    files, where, sums, pieces = {}, {}, {}, {}
+    for name in sorted(os.listdir(folder)):
+        m = _SHARD_FILE.fullmatch(name)
+        if not m or m.group(1) != gen:
+            continue
+        f = _Member(None, str(folder), name, f"shard {name!r} vanished before the commit.")
+        part = _Part(f, SHARD_FORMAT)
+        files[name] = {"size": f.size, "header_crc32": part.metadata[_io.META_HEADER_CRC]}
+        own = part.doc.get("pieces", {})
+        for skey, crc in part.doc["checksums"].items():
+            if skey in own:
+                rec = own[skey]
+                pieces.setdefault(rec["tensor"], []).append(
+                    {"file": name, "key": skey, "start": rec["start"], "stop": rec["stop"],
+                     "crc32": crc})
+            else:
+                if skey in where:
+                    raise FormatError(f"tensor {skey!r} was written by two processes.",
+                                      code="E_DUPLICATE_KEY", key=skey)
+                where[skey], sums[skey] = name, crc
+    table = planned
+    out = {}
+    for key, parts in pieces.items():
+        parts.sort(key=lambda p: p["start"])
+        dtype, shape = table[key]
+        out[key] = {"dtype": dtype, "shape": list(shape), "parts": parts}
+        sums[key] = _combined_crc(dtype, [(p["file"], p["key"], p["start"], p["stop"],
+                                           p["crc32"]) for p in parts])
+    missing = sorted(set(table) - set(where) - set(out))
+    if missing:
+        raise FormatError(f"no process wrote the tensors {missing[:3]}: the processes do not "
+                          "describe the same state.", code="E_ARCHIVE_PIECES", key=missing[0])
+    doc["checksums"] = dict(sorted(sums.items()))
+    doc["archive"] = {"generation": gen, "shards": dict(sorted(where.items())),
+                      "files": files, **({"pieces": dict(sorted(out.items()))} if out else {})}
+    return list(files)
+
+
+def write_distributed(state, path, *, max_shard_size, fsync=True, procs) -> Path:
+    """Write one archive from every process of a job (spec 14.10): every process calls
+    this with the same state description and path; each writes the pieces it owns into
+    shards of its own; process 0 commits the index once all have written."""
+    path = Path(path)
+    doc, tensors = _io._plan(state)
+    planned = {k: (d, tuple(s)) for k, d, s, _ in tensors}
+    parent = path.parent if str(path.parent) else Path(".")
+    decision = {}
+    if procs.index == 0:
+        try:
+            fresh = _check_target(path)
+            work = _new_work(parent, path.name) if fresh else None
+            decision = {"gen": secrets.token_hex(8), "fresh": fresh,
+                        "folder": str(work if fresh else path)}
+        except OptStateError as e:
+            decision = {"error": str(e)}
+        except OSError as e:
+            decision = {"error": str(_io._storage_error(e, path))}
+    decision = json.loads(procs.broadcast(json.dumps(decision)))
+    if "error" in decision:
+        raise StorageError(f"process 0 cannot start the archive: {decision['error']}")
+    gen, folder = decision["gen"], Path(decision["folder"])
+    mode = _io._file_mode(path / INDEX_NAME)
+    created, status = [], ""
+    try:
+        groups, pieces = _local_groups(tensors, max_shard_size, procs)
+        for i, group in enumerate(groups):
+            name = f"shard-{gen}-p{procs.index:05d}-{i + 1:05d}-of-{len(groups):05d}.safetensors"
+            fill, _ = _fill_shard(group, gen, {k: pieces[k] for k, *_ in group if k in pieces})
+            tmp = _write_temp(folder, name, mode, fsync, fill)
+            os.replace(tmp, folder / name)
+            created.append(folder / name)
+        if fsync and created:
+            _fsync_dir(folder)
+    except BaseException as e:  # told to the others, so that no process waits forever
+        status = f"process {procs.index}: {type(e).__name__}: {e}"[:2000]
+        for p in created:
+            try:
+                os.unlink(p)
+            except OSError:
+                pass
+        if not isinstance(e, Exception):
+            raise
+    statuses = procs.gather(status)  # every process has written (or failed)
+    failed = [s for s in statuses if s]
+    result = ""
+    if procs.index == 0:
+        try:
+            if failed:
+                raise StorageError("a process failed to write its shards: " + "; ".join(failed))
+            previous = set() if decision["fresh"] else _previous_shards(path)
+            names = _gather_index(folder, gen, doc, planned)
+            tmp = _write_temp(folder, INDEX_NAME, mode, fsync, _fill_index(doc))
+            os.replace(tmp, folder / INDEX_NAME)
+            Archive(folder).close()  # the committed index validates against the shards
+            if decision["fresh"]:
+                os.rename(folder, path)
+            else:
+                _clean(folder, set(names), previous - set(names))
+            if fsync:
+                _fsync_dir(parent if decision["fresh"] else folder)
+        except BaseException as e:
+            result = str(e)[:2000] or type(e).__name__
+            if decision["fresh"]:
+                shutil.rmtree(folder, ignore_errors=True)
+            else:
+                for name in os.listdir(folder):
+                    m = _SHARD_FILE.fullmatch(name)
+                    if m and m.group(1) == gen:
+                        try:
+                            os.unlink(folder / name)
+                        except OSError:
+                            pass
+    result = procs.broadcast(result)  # every process returns once the archive is committed
+    if result:
+        raise StorageError(f"the archive {str(path)!r} was not committed: {result}. The "
+                           "previous archive (if any) is unchanged.")
+    return path
