@@ -19,6 +19,7 @@ import optstate_format as osf  # noqa: E402
 
 pytestmark = pytest.mark.framework
 WORKER = Path(__file__).resolve().parent / "archive_mp_worker.py"
+IMPORTER = Path(__file__).resolve().parent / "archive_mp_import_worker.py"
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -28,14 +29,14 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _export(tmp_path, mode):
-    archive, expected = tmp_path / "run.optstate", tmp_path / "expected.npz"
+def _spawn(script, args_of, n):
+    """Run ``n`` processes of ``script`` on localhost, bounded in time, never left behind."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     env.pop("KERAS_BACKEND", None)
     port = str(_free_port())
-    procs = [subprocess.Popen([sys.executable, str(WORKER), str(p), port, mode, str(archive),
-                               str(expected)], stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, env=env) for p in (0, 1)]
+    procs = [subprocess.Popen([sys.executable, str(script)] + args_of(p, port),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env=env) for p in range(n)]
     outs = []
     try:
         for p in procs:
@@ -47,6 +48,12 @@ def _export(tmp_path, mode):
                 p.wait()
     for p, out in zip(procs, outs):
         assert p.returncode == 0, out[-3000:]
+    return outs
+
+
+def _export(tmp_path, mode):
+    archive, expected = tmp_path / "run.optstate", tmp_path / "expected.npz"
+    _spawn(WORKER, lambda p, port: [str(p), port, mode, str(archive), str(expected)], 2)
     return archive, dict(np.load(expected))
 
 
@@ -101,3 +108,17 @@ def test_model_parallel_each_process_writes_its_half_of_the_split_kernel(tmp_pat
     assert "slot:d2/kernel:m" in doc["archive"]["shards"]  # replicated: whole, once
     assert osf.check(archive).valid
     _import_single_process(archive, want)
+
+
+def test_saved_by_two_processes_imported_in_other_layouts_and_process_counts(tmp_path):
+    """Resharding on import: saved by 2 processes x 2 devices with the kernel split across
+    the processes; imported by 2 processes x 2 devices (ModelParallel, then DataParallel)
+    and by 1 process x 4 devices (ModelParallel): every piece each process holds equals the
+    saved values, and the target's layout is kept. (Each process reads the whole archive.)"""
+    archive, _ = _export(tmp_path, "mp")
+    expected = tmp_path / "expected.npz"
+    for nprocs, mode in ((2, "mp"), (2, "dp"), (1, "mp")):
+        outs = _spawn(IMPORTER, lambda p, port: [str(p), str(nprocs), port, mode, str(archive),
+                                                 str(expected)], nprocs)
+        for p, out in enumerate(outs):
+            assert f"process {p} of {nprocs} imported" in out, out[-2000:]
