@@ -503,3 +503,37 @@ def test_temporary_folders_of_killed_new_exports_are_removed_when_old(tmp_path):
     left = sorted(os.listdir(tmp_path))
     assert stale.name not in left and young.name in left and live.name in left
     assert osf.check(tmp_path / "run.optstate").valid
+
+
+def test_reading_while_another_process_replaces_the_archive(tmp_path):
+    """A reader racing a writer gets a complete state of one export, or an error saying the
+    archive was replaced meanwhile (read it again): never a mix of two exports."""
+    target = tmp_path / "run.optstate"
+    osf.write(big_state(1), target, max_shard_size=SHARD)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(HERE.parents[1])] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    proc = subprocess.Popen([sys.executable, str(HERE / "archive_writer.py"), str(target), "2",
+                             "6"], stdout=subprocess.PIPE, text=True, env=env)
+    outcomes = {}
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        deadline = time.time() + 60
+        while proc.poll() is None and time.time() < deadline:
+            try:
+                st = osf.read(target)
+            except osf.OptStateError as e:
+                assert e.code in ("E_ARCHIVE_MISSING", "E_ARCHIVE_MISMATCH"), e
+                outcomes[e.code] = outcomes.get(e.code, 0) + 1
+                continue
+            assert st.step in (1, 2)
+            for w in st.weights:  # every tensor from the same export
+                np.testing.assert_array_equal(w.slots["v"][:3], float(st.step))
+            outcomes[st.step] = outcomes.get(st.step, 0) + 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=30)
+        proc.stdout.close()
+    assert proc.returncode == 0
+    assert osf.read(target).step == 2 and outcomes
+    print(f"\n[archive race] reads while replaced: {outcomes}")
