@@ -537,3 +537,21 @@ def test_reading_while_another_process_replaces_the_archive(tmp_path):
     assert proc.returncode == 0
     assert osf.read(target).step == 2 and outcomes
     print(f"\n[archive race] reads while replaced: {outcomes}")
+
+
+def test_shards_read_side_by_side_give_the_same_state(tmp_path, monkeypatch):
+    st = adam_state(n_weights=6, with_values=True)
+    arc = osf.write(st, tmp_path / "a", max_shard_size=64)
+    monkeypatch.setattr(_io, "_PARALLEL_VERIFY_BYTES", 0)  # the threaded path, on small data
+    got = []
+    _assert_same_state(osf.read(arc, progress=got.append), st)
+    assert sum(got) == sum(a.nbytes for w in st.weights
+                           for a in list(w.slots.values()) + [w.value]) + 8
+    name = osf.read_header(arc)["archive"]["shards"]["slot:layer_4/kernel:v"]
+    part = _archive._Part(_archive._Member(None, str(arc), name, "?"), "optstate-shard")
+    raw = bytearray((arc / name).read_bytes())
+    raw[part.data_start + part.tensors["slot:layer_4/kernel:v"][2] + 5] ^= 1
+    (arc / name).write_bytes(bytes(raw))
+    with pytest.raises(osf.IntegrityError) as e:
+        osf.read(arc)
+    assert e.value.key == "slot:layer_4/kernel:v" and name in str(e.value)
