@@ -46,7 +46,10 @@ def export_state(model, path, *, optimizer=None, include_weights=False, metadata
 
     ``max_shard_size`` (bytes of tensor data per shard) writes a sharded archive instead: a
     folder at ``path`` holding an index and shard files, committed as a whole (spec section
-    14). :func:`import_state`, :func:`read` and :func:`check` accept the folder.
+    14). :func:`import_state`, :func:`read` and :func:`check` accept the folder. In a
+    ``jax.distributed`` job of several processes, every process calls this with the same
+    path and ``max_shard_size``: each writes the pieces its devices hold, process 0 commits
+    the index once all have written, and the call returns everywhere after the commit.
 
     >>> # export_state(model, "run.optstate", include_weights=True)
     >>> # export_state(model, "run.optstate", max_shard_size=2 * 1024 ** 3)  # a folder
