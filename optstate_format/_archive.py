@@ -868,6 +868,16 @@ class Sourced(LazyTensor):
         super().__init__(shape, dtype, fetch)
         self.handle = handle
 
+    def __array__(self, dtype=None, copy=None):
+        value = getattr(self.handle, "value", None)
+        if (getattr(value, "is_fully_addressable", True) is False
+                and not getattr(value, "is_fully_replicated", False)):
+            raise UnsupportedError(
+                "a variable is split over several processes and no process holds all of it: "
+                "export a sharded archive from every process of the job (export_state(model, "
+                "path, max_shard_size=BYTES) with the same path everywhere, spec 14.10).")
+        return super().__array__(dtype, copy)
+
 
 class _JaxProcesses:
     """The processes of a ``jax.distributed`` job: broadcast from process 0 and gather
@@ -1014,7 +1024,7 @@ def write_distributed(state, path, *, max_shard_size, fsync=True, procs) -> Path
             fresh = _check_target(path)
             work = _new_work(parent, path.name) if fresh else None
             decision = {"gen": secrets.token_hex(8), "fresh": fresh,
-                        "folder": str(work if fresh else path)}
+                        "folder": str(work if fresh else path), "path": os.path.abspath(path)}
         except OptStateError as e:
             decision = {"error": str(e)}
         except OSError as e:
@@ -1026,6 +1036,10 @@ def write_distributed(state, path, *, max_shard_size, fsync=True, procs) -> Path
     mode = _io._file_mode(path / INDEX_NAME)
     created, status = [], ""
     try:
+        if os.path.abspath(path) != decision["path"]:
+            raise StorageError(f"this process exports to {os.path.abspath(path)!r}, process 0 "
+                               f"to {decision['path']!r}: every process of the job names the "
+                               "same archive.")
         groups, pieces = _local_groups(tensors, max_shard_size, procs)
         for i, group in enumerate(groups):
             name = f"shard-{gen}-p{procs.index:05d}-{i + 1:05d}-of-{len(groups):05d}.safetensors"

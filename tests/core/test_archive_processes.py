@@ -177,3 +177,30 @@ def test_crc32_combine_is_zlibs():
     for n1, n2 in ((0, 5), (1, 1), (7, 1000), (4096, 3), (12345, 65537)):
         a, b = rng.bytes(n1), rng.bytes(n2)
         assert _archive.crc32_combine(zlib.crc32(a), zlib.crc32(b), n2) == zlib.crc32(a + b)
+
+
+def test_writers_naming_different_paths_all_fail_and_write_nothing(tmp_path):
+    hub, errors = Hub(2), [None, None]
+
+    def worker(p):
+        try:
+            _archive.write_distributed(_state(p), tmp_path / f"run{p}.optstate",
+                                       max_shard_size=64, fsync=False, procs=Procs(hub, p, 2))
+        except Exception as e:  # noqa: BLE001
+            errors[p] = e
+    threads = [threading.Thread(target=worker, args=(p,)) for p in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert all(isinstance(e, osf.StorageError) for e in errors), errors
+    assert "same archive" in str(errors[0])
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_split_variable_in_a_single_file_export_is_a_clear_error(tmp_path):
+    st = _state(0)
+    with pytest.raises(osf.UnsupportedError) as e:
+        osf.write(st, tmp_path / "one.optstate")
+    assert "max_shard_size" in str(e.value)
+    assert os.listdir(tmp_path) == []
