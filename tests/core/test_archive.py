@@ -555,3 +555,24 @@ def test_shards_read_side_by_side_give_the_same_state(tmp_path, monkeypatch):
     with pytest.raises(osf.IntegrityError) as e:
         osf.read(arc)
     assert e.value.key == "slot:layer_4/kernel:v" and name in str(e.value)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_a_named_pipe_or_folder_in_place_of_a_shard_is_refused_without_blocking(tmp_path):
+    arc = _archive3(tmp_path)
+    name = _shards(arc)[1]
+    (arc / name).unlink()
+    os.mkfifo(arc / name)
+    done = {}
+
+    def go():
+        done["rep"] = osf.check(arc)
+    import threading
+    t = threading.Thread(target=go, daemon=True)
+    t.start()
+    t.join(10)
+    assert not t.is_alive(), "the reader blocked on a named pipe"
+    assert done["rep"].code == "E_NOT_FILE" and "named pipe" in done["rep"].message
+    os.unlink(arc / name)
+    (arc / name).mkdir()
+    assert osf.check(arc).code == "E_NOT_FILE"
