@@ -695,7 +695,14 @@ class Archive:
         self.file = _Closer(self)
         try:
             self._open_dir()
-            self._load(shards)
+            for attempt in range(self.RETRIES + 1):
+                try:
+                    self._load(shards)
+                    break
+                except FormatError as e:  # replaced while its shards were being opened
+                    if e.code not in ("E_ARCHIVE_MISSING", "E_ARCHIVE_MISMATCH") or \
+                            attempt == self.RETRIES or not self._replaced():
+                        raise
         except BaseException:
             self.close()
             raise
@@ -729,8 +736,9 @@ class Archive:
         except OSError:
             pass  # the member opener reports it
         with _named("the archive index"):
-            index = _Part(self._member(INDEX_NAME, f"{self.path!r} has no {INDEX_NAME}."),
-                          ARCHIVE_FORMAT)
+            member = self._member(INDEX_NAME, f"{self.path!r} has no {INDEX_NAME}.")
+            self.index_ident = member.ident
+            index = _Part(member, ARCHIVE_FORMAT)
             if set(index.tensors) != {HEADER_KEY}:
                 other = sorted(set(index.tensors) - {HEADER_KEY})[:3]
                 _fail(f"it holds the tensors {other}; an index holds only the header document "
@@ -804,7 +812,29 @@ class Archive:
         part.name, part.ident = name, f.ident
         return part
 
+    # A reader that finds the archive replaced under it (a shard gone or changed, and a new
+    # index in place) starts over from the new index, this many times (spec 14.4).
+    RETRIES = 3
+
     def read_all(self, verify, progress=None):
+        for attempt in range(self.RETRIES + 1):
+            try:
+                return self._read_all(verify, progress)
+            except FormatError as e:
+                if e.code not in ("E_ARCHIVE_MISSING", "E_ARCHIVE_MISMATCH") or \
+                        attempt == self.RETRIES or not self._replaced():
+                    raise
+            self._load(True)  # doc, version, tables: the new export's (the caller reads them)
+
+    def _replaced(self):
+        try:
+            st = os.stat(INDEX_NAME, dir_fd=self.dfd, follow_symlinks=False) \
+                if self.dfd is not None else os.lstat(os.path.join(self.path, INDEX_NAME))
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) != self.index_ident
+
+    def _read_all(self, verify, progress=None):
         def one(part):
             name = part.name
             part.file = self._member(name, f"shard {name!r} of the archive {self.path!r} was "

@@ -506,8 +506,10 @@ def test_temporary_folders_of_killed_new_exports_are_removed_when_old(tmp_path):
 
 
 def test_reading_while_another_process_replaces_the_archive(tmp_path):
-    """A reader racing a writer gets a complete state of one export, or an error saying the
-    archive was replaced meanwhile (read it again): never a mix of two exports."""
+    """A reader racing a writer gets a complete state of one export (the reader starts over
+    from the new index when a shard it wanted was removed by the commit of a newer export),
+    or, after 3 such restarts, an error saying the archive was replaced meanwhile: never a
+    mix of two exports."""
     target = tmp_path / "run.optstate"
     osf.write(big_state(1), target, max_shard_size=SHARD)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
@@ -576,3 +578,29 @@ def test_a_named_pipe_or_folder_in_place_of_a_shard_is_refused_without_blocking(
     os.unlink(arc / name)
     (arc / name).mkdir()
     assert osf.check(arc).code == "E_NOT_FILE"
+
+
+def test_a_reader_starts_over_when_the_archive_is_replaced_under_it(tmp_path, monkeypatch):
+    arc = osf.write(adam_state(seed=1, step=1), tmp_path / "a", max_shard_size=64)
+    real = _archive.Archive._read_all
+    calls = {"n": 0}
+
+    def racing(self, verify, progress=None):
+        calls["n"] += 1
+        if calls["n"] == 1:  # another export commits after this reader read the index
+            osf.write(adam_state(seed=2, step=2), arc, max_shard_size=64)
+        return real(self, verify, progress)
+    monkeypatch.setattr(_archive.Archive, "_read_all", racing)
+    st = osf.read(arc)
+    assert calls["n"] == 2 and st.step == 2
+    _assert_same_state(st, adam_state(seed=2, step=2))
+    # a shard missing without a new index is reported (when the shards are opened), once
+    calls["n"] = 5
+    loads = []
+    real_load = _archive.Archive._load
+    monkeypatch.setattr(_archive.Archive, "_load",
+                        lambda self, shards: loads.append(1) or real_load(self, shards))
+    (arc / _shards(arc)[0]).unlink()
+    with pytest.raises(osf.FormatError) as e:
+        osf.read(arc)
+    assert e.value.code == "E_ARCHIVE_MISSING" and calls["n"] == 5 and len(loads) == 1
