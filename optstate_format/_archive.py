@@ -1090,27 +1090,38 @@ def write_distributed(state, path, *, max_shard_size, fsync=True, procs) -> Path
             raise
     statuses = procs.gather(status)  # every process has written (or failed)
     failed = [s for s in statuses if s]
-    result = ""
+    result, committed, tmp = "", False, None
     if procs.index == 0:
         try:
             if failed:
                 raise StorageError("a process failed to write its shards: " + "; ".join(failed))
             previous = set() if decision["fresh"] else _previous_shards(path)
             names = _gather_index(folder, gen, doc, planned)
+            # the index as a reader checks it, before it replaces anything: its archive field
+            # (forms, names, pieces tiling) and its header document against the tensors
+            _archive_field(doc)
+            _header.validate(doc, {k: (d, list(sh)) for k, (d, sh) in planned.items()},
+                             CURRENT_VERSION)
             tmp = _write_temp(folder, INDEX_NAME, mode, fsync, _fill_index(doc))
-            os.replace(tmp, folder / INDEX_NAME)
-            Archive(folder).close()  # the committed index validates against the shards
             if decision["fresh"]:
+                os.replace(tmp, folder / INDEX_NAME)
+                Archive(folder).close()  # and the whole archive, before it gets its name
                 os.rename(folder, path)
             else:
+                os.replace(tmp, folder / INDEX_NAME)  # the commit
+                committed = True
                 _clean(folder, set(names), previous - set(names))
             if fsync:
                 _fsync_dir(parent if decision["fresh"] else folder)
         except BaseException as e:
-            result = str(e)[:2000] or type(e).__name__
-            if decision["fresh"]:
+            result = "" if committed else (str(e)[:2000] or type(e).__name__)
+            if committed:  # pragma: no cover - a cleanup after the commit: not a failure
+                pass
+            elif decision["fresh"]:
                 shutil.rmtree(folder, ignore_errors=True)
             else:
+                if tmp is not None and os.path.exists(tmp):
+                    os.unlink(tmp)
                 for name in os.listdir(folder):
                     m = _SHARD_FILE.fullmatch(name)
                     if m and m.group(1) == gen:

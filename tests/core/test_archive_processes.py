@@ -3,6 +3,7 @@ two processes (broadcast and gather through a barrier), and fake framework array
 their addressable pieces as JAX's do (index, replica_id, data)."""
 
 import os
+import sys
 import threading
 
 import numpy as np
@@ -204,3 +205,27 @@ def test_a_split_variable_in_a_single_file_export_is_a_clear_error(tmp_path):
         osf.write(st, tmp_path / "one.optstate")
     assert "max_shard_size" in str(e.value)
     assert os.listdir(tmp_path) == []
+
+
+def test_an_index_the_writers_cannot_complete_is_never_committed(tmp_path, monkeypatch):
+    """Process 1 holds no replica 0 of its half (the processes disagree about the layout):
+    the kernel's pieces do not tile it, process 0 finds it before replacing the index, every
+    process fails with E_WRITE naming E_ARCHIVE_PIECES and the previous archive stays."""
+    path = tmp_path / "run.optstate"
+    assert _run(path) == [None, None]
+    before = sorted(os.listdir(path))
+    real = _state
+
+    def lopsided(p, fail=False):
+        st = real(p, fail)
+        if p == 1:
+            for s in st.weight("dense/kernel").slots.values():
+                for shard in s.handle.value.addressable_shards:
+                    shard.replica_id = 1
+        return st
+    monkeypatch.setattr(sys.modules[__name__], "_state", lopsided)
+    errors = _run(path)
+    assert all(isinstance(e, osf.StorageError) for e in errors), errors
+    assert "E_ARCHIVE_PIECES" in str(errors[0])
+    assert sorted(os.listdir(path)) == before
+    np.testing.assert_array_equal(osf.read(path).weight("dense/kernel").slots["v"], KERNEL_V)
