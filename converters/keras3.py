@@ -146,6 +146,11 @@ class Keras3Adapter(KerasAdapter):
         inner = self._tf_variable(var)
         if inner is not None:
             return inner.value()
+        value = getattr(var, "value", None)
+        if getattr(value, "is_fully_addressable", True) is False:
+            # a JAX array spread over several processes (it cannot be fetched here): JAX
+            # arrays are immutable, so the array itself is the snapshot
+            return value
         return super().snapshot(var)
 
     def restore(self, var, snapshot):

@@ -35,7 +35,7 @@ __all__ = [
 
 
 def export_state(model, path, *, optimizer=None, include_weights=False, metadata=None,
-                 fsync=True):
+                 fsync=True, max_shard_size=None):
     """Write ``model``'s optimizer state (and weights if asked) to ``path``; return the path.
 
     The file appears under ``path`` only once complete (written beside it, then
@@ -44,15 +44,25 @@ def export_state(model, path, *, optimizer=None, include_weights=False, metadata
     wait (a killed process still never leaves a partial file). ``optimizer`` is
     required where the model has none attached (a torch ``nn.Module``).
 
+    ``max_shard_size`` (bytes of tensor data per shard) writes a sharded archive instead: a
+    folder at ``path`` holding an index and shard files, committed as a whole (spec section
+    14). :func:`import_state`, :func:`read` and :func:`check` accept the folder. In a
+    ``jax.distributed`` job of several processes, every process calls this with the same
+    path and ``max_shard_size``: each writes the pieces its devices hold, process 0 commits
+    the index once all have written, and the call returns everywhere after the commit.
+
     >>> # export_state(model, "run.optstate", include_weights=True)
+    >>> # export_state(model, "run.optstate", max_shard_size=2 * 1024 ** 3)  # a folder
     """
     return _api.export_state(model, path, optimizer=optimizer, include_weights=include_weights,
-                             metadata=metadata, fsync=fsync)
+                             metadata=metadata, fsync=fsync, max_shard_size=max_shard_size)
 
 
 def import_state(model, path, *, optimizer=None, strict=True, mapping=None,
                  include_weights=False, rollback=True, resize=None):
     """Load the state in ``path`` into ``model``'s optimizer, matching weights by identity.
+
+    ``path`` is an optstate file or a sharded archive folder (spec section 14).
 
     All-or-nothing: on any problem a :class:`MatchError` lists them all and
     nothing is changed. Returns an :class:`ImportReport`. Every check runs before

@@ -13,11 +13,12 @@ from __future__ import annotations
 import numpy as np
 
 from . import _journal
+from ._archive import Sourced
 from ._errors import UnsupportedError
 from ._identity import describe_identities
 from ._io import read, write
 from ._match import plan_import
-from ._state import LazyTensor, OptimizerState, WeightEntry
+from ._state import OptimizerState, WeightEntry
 from .adapter import Adapter, ModelDescription, OptimizerDescription, Variable
 
 
@@ -120,16 +121,18 @@ def source_state(model, *, optimizer=None, include_weights=False, materialize=Fa
     else:
         def wrap(v: Variable):
             # fetched when the writer reaches it: a view of the framework's buffer if it can
-            return LazyTensor(v.shape, v.dtype, lambda: adapter.read(v.handle))
+            # (Sourced: a LazyTensor that keeps the handle, for writers of several
+            # processes, spec 14.10)
+            return Sourced(v.shape, v.dtype, lambda: adapter.read(v.handle), v.handle)
     return build_state(desc, opt, wrap=wrap, include_weights=include_weights,
                        metadata=metadata)
 
 
 def export_state(model, path, *, optimizer=None, include_weights=False, metadata=None,
-                 fsync=True):
+                 fsync=True, max_shard_size=None):
     state = source_state(model, optimizer=optimizer, include_weights=include_weights,
                          metadata=metadata)
-    return write(state, path, fsync=fsync)
+    return write(state, path, fsync=fsync, max_shard_size=max_shard_size)
 
 
 def apply_state(model, state: OptimizerState, *, optimizer=None, strict=True, mapping=None,

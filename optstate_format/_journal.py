@@ -73,6 +73,8 @@ def _entry(adapter, handle, shape):
     snap = adapter.snapshot(handle)
     if snap is ABSENT:
         return ("absent", ABSENT, None)
+    if getattr(snap, "is_fully_addressable", True) is False:  # spread over processes
+        return ("value", snap, None)
     value = constant_value(np.asarray(snap))
     if value is not None:
         return ("fill", value, shape)

@@ -15,7 +15,8 @@ VERSION_TABLE = [
      "hint `structural_in`; two-ended alignment; opt-in resize."),
     ("1.2", "2026-11-28", "0.3.0", "The header document attests the container's tensor table "
      "(`table_crc32`, required); the summary, the order of checks and a code for every MUST "
-     "are normative; conformance runner."),
+     "are normative; conformance runner; sharded archives (a folder, written by one or many "
+     "processes)."),
 ]
 
 

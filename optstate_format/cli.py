@@ -67,7 +67,11 @@ def _nbytes(arr):
 
 
 def _file_size(path):
+    """Bytes to read: the file's size, or a sharded archive folder's files' (spec 14)."""
     try:
+        if os.path.isdir(path):
+            return sum(e.stat(follow_symlinks=False).st_size for e in os.scandir(path)
+                       if e.is_file(follow_symlinks=False))
         return os.stat(path).st_size
     except OSError:
         return 0
@@ -295,7 +299,8 @@ def build_parser():
     p.add_argument("--version", action="version",
                    version=f"optstate {__version__} (format {FORMAT_VERSION})")
     sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("inspect", help="print a readable summary of a file")
+    s = sub.add_parser("inspect", help="print a readable summary of a file (or of a sharded "
+                       "archive folder, as for check and diff)")
     s.add_argument("file")
     s.add_argument("--json", action="store_true", help="machine-readable summary")
     s.add_argument("--no-verify", action="store_true", help="skip tensor checksums")

@@ -626,6 +626,8 @@ def build(out: Path):
         (invalid / f"{name}.expected.json").write_text(
             json.dumps({"code": code, "error": cls}, indent=2, sort_keys=True) + "\n")
     (out / "optimizers.md").write_text(registry_markdown())
+    from archive_vectors import build_archives  # sharded archives (spec 14)
+    build_archives(out)
 
 
 def _files(root: Path):

@@ -9,7 +9,7 @@ MODULES = ["optstate_format", "optstate_format._check", "optstate_format._dtypes
            "optstate_format._identity", "optstate_format._io", "optstate_format._paths",
            "optstate_format._registry", "optstate_format._state", "optstate_format._journal",
            "optstate_format._versions", "optstate_format._header",
-           "optstate_format._api", "optstate_format.adapter",
+           "optstate_format._api", "optstate_format._archive", "optstate_format.adapter",
            "optstate_format.converters._keras_graph", "optstate_format.converters._private"]
 
 

@@ -1,0 +1,116 @@
+"""One archive written by 1 and by 2 JAX processes, read back by 1 and by 2 (issue 15).
+
+    python benchmarks/bench_archive_jax.py [--layers 8] [--width 4096] [--shard-mb 256]
+
+A Keras 3 model of --layers Dense(--width) layers (zeros), Adam built (m and v: 2 x 4 x
+layers x width^2 bytes; the defaults make 1 GiB), kernels laid out P(None, 'model') over a
+(batch 2, model 2) mesh of 4 CPU devices: 1 process x 4 devices, then 2 processes x 2 devices
+(jax.distributed on localhost, the 'model' axis across the processes, so each writes half of
+every kernel's slots). Prints each export's seconds (slowest process), then osf.read of the
+archive by 1 process and by 2 processes at once. Never run by the test suite.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def worker(pid, nprocs, port, archive, layers, width, shard_mb):
+    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={4 // nprocs}"
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    os.environ["KERAS_BACKEND"] = "jax"
+    import jax
+    if nprocs > 1:
+        jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}",
+                                   num_processes=nprocs, process_id=pid,
+                                   initialization_timeout=120)
+    import keras
+    import numpy as np
+    from keras import distribution as kd
+
+    import optstate_format as osf
+    devices = kd.list_devices()
+    grid = np.array(devices).reshape(2, 2).T.reshape(-1).tolist() if nprocs > 1 else devices
+    layouts = kd.LayoutMap(kd.DeviceMesh((2, 2), ["batch", "model"], devices=grid))
+    layouts[".*kernel"] = (None, "model")
+    kd.set_distribution(kd.ModelParallel(layout_map=layouts, batch_dim_name="batch"))
+    x = inp = keras.Input((width,))
+    for i in range(layers):
+        x = keras.layers.Dense(width, name=f"d{i}", kernel_initializer="zeros")(x)
+    model = keras.Model(inp, x)
+    opt = keras.optimizers.Adam()
+    opt.build(model.trainable_variables)
+    model.compile(optimizer=opt, loss="mse")
+    t = time.perf_counter()
+    osf.export_state(model, archive, max_shard_size=shard_mb << 20)
+    print(json.dumps({"export": time.perf_counter() - t}), flush=True)
+
+
+def spawn(args_of, n, timeout=900):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    procs = [subprocess.Popen([sys.executable, __file__] + args_of(p), stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True, env=env) for p in range(n)]
+    try:
+        outs = [p.communicate(timeout=timeout)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return [json.loads(o.strip().splitlines()[-1]) for o in outs]
+
+
+def main():
+    import argparse
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--layers", type=int, default=8)
+    ap.add_argument("--width", type=int, default=4096)
+    ap.add_argument("--shard-mb", type=int, default=256)
+    args = ap.parse_args()
+    import optstate_format as osf
+    folder = Path(tempfile.mkdtemp(prefix="bench-archive-jax-"))
+    archive = folder / "run.optstate"
+    mb = 2 * 4 * args.layers * args.width ** 2 / 2 ** 20
+    print(f"Adam state {mb:.0f} MiB ({args.layers} x Dense({args.width})), shards <= "
+          f"{args.shard_mb} MiB")
+    try:
+        for n in (1, 2):
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = str(s.getsockname()[1])
+            shutil.rmtree(archive, ignore_errors=True)
+            res = spawn(lambda p: ["--worker", str(p), str(n), port, str(archive),
+                                   str(args.layers), str(args.width), str(args.shard_mb)], n)
+            files = sorted(p.name for p in archive.iterdir() if p.name.startswith("shard-"))
+            pieces = "pieces" in osf.read_header(archive)["archive"]
+            print(f"  export by {n} process(es): {max(r['export'] for r in res):6.2f} s "
+                  f"({len(files)} shards{', kernels as pieces' if pieces else ''})")
+            for r in (1, 2):
+                res = spawn(lambda p: ["--read", str(archive)], r)
+                print(f"    read by {r} process(es) at once: "
+                      f"{max(x['read'] for x in res):6.2f} s each")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--worker"]:
+        a = sys.argv[2:]
+        worker(int(a[0]), int(a[1]), a[2], a[3], int(a[4]), int(a[5]), int(a[6]))
+    elif sys.argv[1:2] == ["--read"]:
+        import optstate_format as osf
+        t = time.perf_counter()
+        osf.read(sys.argv[2])
+        print(json.dumps({"read": time.perf_counter() - t}), flush=True)
+    else:
+        main()

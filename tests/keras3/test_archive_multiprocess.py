@@ -1,0 +1,124 @@
+"""Two JAX processes (jax.distributed on localhost, 2 CPU devices each) export one Keras 3
+model into one sharded archive (spec 14.10): under DataParallel every tensor is replicated
+and written once; under ModelParallel the split kernel is written as its two halves, one by
+each process. The archive is then read, checked and imported by this single process."""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+pytest.importorskip("jax")
+
+import optstate_format as osf  # noqa: E402
+
+pytestmark = pytest.mark.framework
+WORKER = Path(__file__).resolve().parent / "archive_mp_worker.py"
+IMPORTER = Path(__file__).resolve().parent / "archive_mp_import_worker.py"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spawn(script, args_of, n):
+    """Run ``n`` processes of ``script`` on localhost, bounded in time, never left behind."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("KERAS_BACKEND", None)
+    port = str(_free_port())
+    procs = [subprocess.Popen([sys.executable, str(script)] + args_of(p, port),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env=env) for p in range(n)]
+    outs = []
+    try:
+        for p in procs:
+            outs.append(p.communicate(timeout=300)[0])
+    finally:
+        for p in procs:  # bounded in time, and never left behind
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-3000:]
+    return outs
+
+
+def _export(tmp_path, mode):
+    archive, expected = tmp_path / "run.optstate", tmp_path / "expected.npz"
+    _spawn(WORKER, lambda p, port: [str(p), port, mode, str(archive), str(expected)], 2)
+    return archive, dict(np.load(expected))
+
+
+def _check_against(st, want):
+    n = 0
+    for w in st.weights:
+        for slot in ("m", "v"):
+            np.testing.assert_array_equal(w.slots[slot], want[f"{w.path}|{slot}"], err_msg=w.path)
+            n += 1
+        np.testing.assert_array_equal(w.value, want[f"{w.path}|value"], err_msg=w.path)
+    assert int(st.globals["iterations"]) == 7 and st.step == 7
+    return n
+
+
+def _import_single_process(archive, want):
+    inp = keras.Input((8,), name="x")
+    out = keras.layers.Dense(4, name="d2")(keras.layers.Dense(16, name="d1")(inp))
+    model = keras.Model(inp, out)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=0.01), loss="mse")
+    report = osf.import_state(model, archive, include_weights=True)
+    assert report.ok and len(report.matched) == 4
+    opt = model.optimizer
+    for var in model.trainable_variables:
+        k = opt._get_variable_index(var)
+        np.testing.assert_array_equal(np.asarray(opt._momentums[k].numpy()),
+                                      want[f"{var.path}|m"])
+        np.testing.assert_array_equal(np.asarray(var.numpy()), want[f"{var.path}|value"])
+
+
+def test_data_parallel_two_processes_write_replicated_state_once(tmp_path):
+    archive, want = _export(tmp_path, "dp")
+    st = osf.read(archive)
+    assert _check_against(st, want) == 8
+    doc = osf.read_header(archive)
+    assert "pieces" not in doc["archive"]
+    assert all("-p00000-" in f for f in doc["archive"]["files"])  # replicas: process 0 only
+    assert osf.check(archive).valid
+    _import_single_process(archive, want)
+
+
+def test_model_parallel_each_process_writes_its_half_of_the_split_kernel(tmp_path):
+    archive, want = _export(tmp_path, "mp")
+    st = osf.read(archive)
+    assert _check_against(st, want) == 8
+    doc = osf.read_header(archive)
+    pieces = doc["archive"]["pieces"]
+    assert {"slot:d1/kernel:m", "slot:d1/kernel:v", "weight:d1/kernel"} <= set(pieces)
+    for key in ("slot:d1/kernel:m", "weight:d1/kernel"):
+        parts = pieces[key]["parts"]
+        assert [(p["start"], p["stop"]) for p in parts] == [([0, 0], [8, 8]), ([0, 8], [8, 16])]
+        assert "-p00000-" in parts[0]["file"] and "-p00001-" in parts[1]["file"]
+    assert "slot:d2/kernel:m" in doc["archive"]["shards"]  # replicated: whole, once
+    assert osf.check(archive).valid
+    _import_single_process(archive, want)
+
+
+def test_saved_by_two_processes_imported_in_other_layouts_and_process_counts(tmp_path):
+    """Resharding on import: saved by 2 processes x 2 devices with the kernel split across
+    the processes; imported by 2 processes x 2 devices (ModelParallel, then DataParallel)
+    and by 1 process x 4 devices (ModelParallel): every piece each process holds equals the
+    saved values, and the target's layout is kept. (Each process reads the whole archive.)"""
+    archive, _ = _export(tmp_path, "mp")
+    expected = tmp_path / "expected.npz"
+    for nprocs, mode in ((2, "mp"), (2, "dp"), (1, "mp")):
+        outs = _spawn(IMPORTER, lambda p, port: [str(p), str(nprocs), port, mode, str(archive),
+                                                 str(expected)], nprocs)
+        for p, out in enumerate(outs):
+            assert f"process {p} of {nprocs} imported" in out, out[-2000:]
