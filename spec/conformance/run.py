@@ -2,7 +2,8 @@
 
     python spec/conformance/run.py [--vectors DIR] [--timeout S] CMD [ARG...]
 
-For each vector, runs ``CMD ARG... <vector path>``; the command prints one JSON value on
+For each vector (``valid/``, ``invalid/``, and the sharded archives of ``archives/valid/`` and
+``archives/invalid/``, folders), runs ``CMD ARG... <vector path>``; the command prints one JSON value on
 stdout: the file's summary (SPEC.md 13.1) when it accepts the file, or an object with the
 member ``code`` (``{"code": "E_TRUNCATED"}``) when it refuses it. Its exit status and stderr
 are ignored. A valid vector agrees when the output equals ``<name>.expected.json`` as a JSON
@@ -106,8 +107,9 @@ def main(argv) -> int:
     if not args:
         print("usage: " + __doc__.strip().splitlines()[2].strip(), file=sys.stderr)
         return 2
-    paths = sorted((vectors / "valid").glob("*.optstate")) + sorted(
-        (vectors / "invalid").glob("*.optstate"))
+    # single files, then sharded archives (folders named *.optstate, SPEC.md 14) if present
+    paths = [p for base in (vectors, vectors / "archives") for kind in ("valid", "invalid")
+             for p in sorted((base / kind).glob("*.optstate"))]
     if not paths:
         print(f"no vectors under {vectors}/valid or {vectors}/invalid", file=sys.stderr)
         return 2
@@ -115,7 +117,8 @@ def main(argv) -> int:
     for path in paths:
         ok, why = judge(path, args, timeout)
         agree += ok
-        print(f"{'agree   ' if ok else 'DISAGREE'} {path.parent.name}/{path.stem}: {why}")
+        where = path.relative_to(vectors).parent.as_posix()
+        print(f"{'agree   ' if ok else 'DISAGREE'} {where}/{path.stem}: {why}")
     print(f"{agree} of {len(paths)} vectors agree"
           + ("" if agree == len(paths) else f"; {len(paths) - agree} disagree"))
     return 0 if agree == len(paths) else 1

@@ -13,7 +13,8 @@ import pytest
 
 CONF = Path(__file__).resolve().parents[2] / "spec" / "conformance"
 RUN = CONF / "run.py"
-VECTORS = sorted(CONF.glob("*/*.optstate"))
+VECTORS = sorted(CONF.glob("*/*.optstate")) + sorted(CONF.glob("archives/*/*.optstate"))
+assert len(VECTORS) >= 84 + 14  # single files and sharded archives (folders)
 
 spec = importlib.util.spec_from_file_location("conformance_run", RUN)
 run = importlib.util.module_from_spec(spec)
@@ -42,6 +43,8 @@ def test_a_reader_that_refuses_everything_disagrees_on_every_vector():
     assert all(line.startswith("DISAGREE ") for line in lines[:-1])
     assert "DISAGREE valid/minimal_sgd: refused with E_NOPE, expected accepted" in lines
     assert "DISAGREE invalid/truncated: refused with E_NOPE, expected E_TRUNCATED" in lines
+    assert ("DISAGREE archives/invalid/missing_shard: refused with E_NOPE, expected "
+            "E_ARCHIVE_MISSING") in lines
     assert lines[-1] == f"0 of {len(VECTORS)} vectors agree; {len(VECTORS)} disagree"
 
 
