@@ -68,3 +68,15 @@ def test_the_vectors_include_the_fields_the_1_0_reader_must_ignore():
     assert all("table_crc32" in d for d in docs if d["version"] not in ("1.0", "1.1"))
     assert any("structural_in" in w["hints"] for d in docs for w in d["weights"])
     assert any("future_field" in d for d in docs)
+
+
+def test_the_1_0_reader_refuses_a_sharded_archive_without_misreading_it():
+    """A 1.2 archive is a folder (spec 14): the released 1.0 reader cannot open it, with its
+    own coded error (10.1 lets a minor add an artifact earlier readers refuse outright)."""
+    archives = sorted((Path(__file__).resolve().parents[2] / "spec" / "conformance" / "archives"
+                       / "valid").glob("*.optstate"))
+    assert archives
+    for path in archives:
+        with pytest.raises(reader_1_0.FormatError) as e:
+            reader_1_0.read(path)
+        assert e.value.code == "E_IO"
