@@ -358,10 +358,13 @@ def residual_graph(n_layers):
 
 
 def bench_matching(sizes):
-    """Core identity alone, and a whole Keras transfer (describe both models, match, plan,
-    assign) between two deep residual stacks whose weights are tiny: the matching cost."""
+    """Core identity alone; describe + match + plan of a Keras target (what matching costs);
+    and a whole Keras transfer (also describing the source and assigning every variable)
+    between two deep residual stacks whose weights are tiny."""
     import keras
+    from optstate_format import _api
     from optstate_format._identity import describe_identities
+    from optstate_format._match import plan_import
 
     def model(n_layers):
         ipt = keras.Input((8,))
@@ -382,11 +385,20 @@ def bench_matching(sizes):
         describe_identities(g)
         core = time.perf_counter() - t0
         a, b = model(n), model(n)
+        state = _api.source_state(a, materialize=True)
         gc.collect()
+        t0 = time.perf_counter()  # describe the target, identities, match and plan: no assign
+        adapter = _api.adapter_for(b)
+        desc, opt = _api._describe(adapter, b, None, create=True)
+        ids = _api.identities(desc)
+        target = _api.build_state(desc, opt, wrap=lambda v: v, include_weights=False,
+                                  all_weights=True, ids=ids)
+        _, assignments = plan_import(state, target, identities=ids)
+        plan = time.perf_counter() - t0
         t0 = time.perf_counter()
         osf.transfer_state(a, b)
         full = time.perf_counter() - t0
-        out.append((n, core, len(a.layers), full))
+        out.append((n, core, len(a.layers), len(assignments), plan, full))
     return out
 
 
@@ -429,11 +441,12 @@ def main():
         import sys
         sys.setrecursionlimit(100_000)  # Keras's own model construction recurses per layer
         print("\n### Matching: structural identity and a whole transfer, deep residual stacks\n")
-        print("| layers | core identity only (s) | Keras layers | transfer_state, Keras (s) |")
-        print("| --- | --- | --- | --- |")
-        for n, core, kl, full in bench_matching(
+        print("| layers | core identity only (s) | Keras layers | variables | describe + match "
+              "+ plan (s) | whole transfer_state (s) |")
+        print("| --- | --- | --- | --- | --- | --- |")
+        for n, core, kl, nv, plan, full in bench_matching(
                 [int(x) for x in args.match_sizes.split(",")]):
-            print(f"| {n} | {core:.3f} | {kl} | {full:.3f} |")
+            print(f"| {n} | {core:.3f} | {kl} | {nv} | {plan:.3f} | {full:.3f} |")
 
 
 if __name__ == "__main__":
