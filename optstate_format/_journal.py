@@ -131,6 +131,13 @@ def _rollback(adapter, journal):
     return failed
 
 
+def _memory_owner(arr):
+    """The object that owns ``arr``'s memory (the end of its ``base`` chain)."""
+    while isinstance(getattr(arr, "base", None), np.ndarray):
+        arr = arr.base
+    return arr
+
+
 def apply(adapter, assignments, *, rollback: bool = True, owned: bool = False) -> int:
     """Make every assignment (variable, shape, array) through ``adapter``, all or nothing.
 
@@ -141,7 +148,8 @@ def apply(adapter, assignments, *, rollback: bool = True, owned: bool = False) -
     ``rollback=False`` keeps no journal: a failure then leaves a partial import and
     says so (``E_ASSIGN``). ``owned=True``: the arrays are the caller's to give away (an
     import's private arrays); an adapter with ``adopt`` may keep each one as the variable's
-    memory. An array listed twice is adopted once at most.
+    memory. Arrays sharing memory (one listed twice, or two views of one buffer) are
+    adopted once at most: the others are assigned (copied), so no two variables alias.
     """
     journal = []
     done = 0
@@ -152,8 +160,9 @@ def apply(adapter, assignments, *, rollback: bool = True, owned: bool = False) -
             for var, arr in assignments:
                 if rollback:
                     journal.append((var.handle, _entry(adapter, var.handle, var.shape)))
-                if adopt is not None and id(arr) not in given:
-                    given.add(id(arr))
+                owner = _memory_owner(arr) if adopt is not None else None
+                if owner is not None and id(owner) not in given:
+                    given.add(id(owner))
                     adopt(var.handle, arr)
                 else:
                     adapter.assign(var.handle, arr)

@@ -1212,6 +1212,13 @@ def test_one_array_listed_twice_is_adopted_once_and_copied_after():
                             (Variable("b", (4,), "float32"), shared)], owned=True)
     assert n == 2 and ad.adopted == ["a"] and ad.assigned == ["b"]
     assert ad.values["a"] is shared and ad.values["b"] is not shared
+    # two views of one buffer: the second is copied, so the two variables never alias
+    ad.adopted, ad.assigned = [], []
+    base = np.arange(8, dtype=np.float32)
+    _journal.apply(ad, [(Variable("a", (4,), "float32"), base[:4]),
+                        (Variable("b", (4,), "float32"), base[4:])], owned=True)
+    assert ad.adopted == ["a"] and ad.assigned == ["b"]
+    assert not np.shares_memory(ad.values["a"], ad.values["b"])
 
 
 def test_an_adapter_without_adopt_gets_assign_and_a_failed_adopt_rolls_back(monkeypatch,
