@@ -56,46 +56,16 @@ KERAS3 = FrameworkNames(
     globals={"nadam": {"_u_product": "u_product"}},
 )
 
+# tf_keras's optimizers (the generation Keras 3 grew from) keep Keras 3's names for the
+# algorithms the two share; only Lion names its list of momentums without the underscore.
+_TF_KERAS_ALGORITHMS = ("sgd", "rmsprop", "adam", "adamw", "adadelta", "adagrad", "adamax",
+                        "adafactor", "nadam", "ftrl", "lion")
 TF_KERAS = FrameworkNames(
     "tf_keras", "tf_keras (`tf_keras.optimizers`; slots: attribute holding the per-variable list)",
-    classes={
-        "sgd": "SGD",
-        "rmsprop": "RMSprop",
-        "adam": "Adam",
-        "adamw": "AdamW",
-        "adadelta": "Adadelta",
-        "adagrad": "Adagrad",
-        "adamax": "Adamax",
-        "adafactor": "Adafactor",
-        "nadam": "Nadam",
-        "ftrl": "Ftrl",
-        "lion": "Lion",
-    },
-    slots={
-        "sgd": {"momentums": "momentum"},
-        "rmsprop": {
-            "_velocities": "velocity",
-            "_momentums": "momentum",
-            "_average_gradients": "average_gradient",
-        },
-        "adam": {"_momentums": "m", "_velocities": "v", "_velocity_hats": "v_hat"},
-        "adamw": {"_momentums": "m", "_velocities": "v", "_velocity_hats": "v_hat"},
-        "adadelta": {
-            "_accumulated_grads": "accumulated_grad",
-            "_accumulated_delta_vars": "accumulated_delta",
-        },
-        "adagrad": {"_accumulators": "accumulator"},
-        "adamax": {"_m": "m", "_u": "u"},
-        "adafactor": {"_r": "r", "_c": "c", "_v": "v"},
-        "nadam": {"_momentums": "m", "_velocities": "v"},
-        "ftrl": {"_accumulators": "accumulator", "_linears": "linear"},
-        "lion": {"momentums": "m"},
-    },
-    common_slots={
-        "_model_variables_moving_average": "ema",
-        "_accumulated_gradients": "gradient_accumulator",
-    },
-    globals={"nadam": {"_u_product": "u_product"}},
+    classes={a: KERAS3.classes[a] for a in _TF_KERAS_ALGORITHMS},
+    slots={**{a: dict(KERAS3.slots[a]) for a in _TF_KERAS_ALGORITHMS}, "lion": {"momentums": "m"}},
+    common_slots=dict(KERAS3.common_slots),
+    globals={a: dict(g) for a, g in KERAS3.globals.items() if a in _TF_KERAS_ALGORITHMS},
 )
 
 TF_KERAS_LEGACY = FrameworkNames(
