@@ -54,10 +54,8 @@ def _check(path, progress=None):
     state = read(path, verify=True, progress=progress)
     rep = CheckReport(str(path), True)
     n = len(state.globals)
-    proven = state._proven_finite  # found finite while read: no second pass
-
-    def nonfinite(arr):
-        return 0 if id(arr) in proven else _dtypes.count_nonfinite(arr)
+    def nonfinite(arr):  # the arrays proven finite while read cost no second pass
+        return _dtypes.count_nonfinite(arr, state._proven_finite)
     for w in state.weights:
         for name, arr in w.slots.items():
             n += 1

@@ -484,9 +484,7 @@ def _fits(arr, dst: str) -> bool:
 
 def _note_nonfinite(report, arr, what, proven=frozenset()):
     """Note NaN/Inf values in ``arr``; ``proven``: ids of arrays the reader found finite."""
-    if id(arr) in proven:
-        return
-    bad = _dtypes.count_nonfinite(arr)
+    bad = _dtypes.count_nonfinite(arr, proven)
     if bad:
         report.notes.append(f"{what}: {bad} NaN/Inf value(s), imported as they are")
 
