@@ -106,18 +106,25 @@ def physical_read(buffers, path):
 
 # ---- frameworks --------------------------------------------------------------------------
 
-class KerasCase:
+class Case:
+    """A stack of dense layers holding ``mb`` MB of Adam state: a source and a target."""
+
+    def __init__(self, mb):
+        self.width = 1024 if mb <= 400 else 2048
+        per_layer = 2 * (self.width ** 2 + self.width) * 4
+        self.n_layers = max(1, round(mb * 1e6 / per_layer))
+        self.model = self.build(trained=True)
+        self.target = self.build(trained=True)
+
+
+class KerasCase(Case):
     name = "Keras 3 (TensorFlow backend)"
 
     def __init__(self, mb):
         import keras
         import tensorflow as tf
         self.keras, self.tf = keras, tf
-        self.width = 1024 if mb <= 400 else 2048
-        per_layer = 2 * (self.width ** 2 + self.width) * 4
-        self.n_layers = max(1, round(mb * 1e6 / per_layer))
-        self.model = self.build(trained=True)
-        self.target = self.build(trained=True)
+        super().__init__(mb)
 
     def versions(self):
         return f"tensorflow {self.tf.__version__}, keras {self.keras.__version__}"
@@ -163,17 +170,13 @@ class KerasCase:
         ]
 
 
-class TorchCase:
+class TorchCase(Case):
     name = "PyTorch (torch.optim.Adam)"
 
     def __init__(self, mb):
         import torch
         self.torch = torch
-        self.width = 1024 if mb <= 400 else 2048
-        per_layer = 2 * (self.width ** 2 + self.width) * 4
-        self.n_layers = max(1, round(mb * 1e6 / per_layer))
-        self.model = self.build(trained=True)
-        self.target = self.build(trained=True)
+        super().__init__(mb)
 
     def versions(self):
         return f"torch {self.torch.__version__}"

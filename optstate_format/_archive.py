@@ -244,17 +244,6 @@ def _fill_index(doc):
     return fill
 
 
-def _fsync_dir(folder):
-    try:
-        dfd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:  # pragma: no cover - platform without directory fsync
-        pass
-
-
 def _pid_gone(host, pid):
     return host == _io._HOST and pid != os.getpid() and not _io._pid_alive(pid)
 
@@ -399,7 +388,7 @@ def write_archive(state, path, *, max_shard_size, fsync=True, _generation=None) 
             for key, *_ in group:
                 where[key] = name
         if fsync:
-            _fsync_dir(folder)
+            _io._fsync_dir(folder)
         doc["checksums"] = dict(sorted(checksums.items()))
         doc["archive"] = {"generation": gen, "shards": dict(sorted(where.items())),
                           "files": dict(sorted(files.items()))}
@@ -407,15 +396,15 @@ def write_archive(state, path, *, max_shard_size, fsync=True, _generation=None) 
         os.replace(tmp, folder / INDEX_NAME)  # the commit point of an existing archive
         if fresh:
             if fsync:
-                _fsync_dir(folder)
+                _io._fsync_dir(folder)
             os.rename(work, path)  # the commit point of a new archive
             work = None
             if fsync:
-                _fsync_dir(parent)
+                _io._fsync_dir(parent)
         else:
             created = []
             if fsync:
-                _fsync_dir(folder)
+                _io._fsync_dir(folder)
             _clean(folder, set(names), previous - set(names))
     except BaseException as e:
         for p in created:
@@ -1081,7 +1070,7 @@ def write_distributed(state, path, *, max_shard_size, fsync=True, procs) -> Path
             os.replace(tmp, folder / name)
             created.append(folder / name)
         if fsync and created:
-            _fsync_dir(folder)
+            _io._fsync_dir(folder)
     except BaseException as e:  # told to the others, so that no process waits forever
         status = f"process {procs.index}: {type(e).__name__}: {e}"[:2000]
         for p in created:
@@ -1115,7 +1104,7 @@ def write_distributed(state, path, *, max_shard_size, fsync=True, procs) -> Path
                 committed = True
                 _clean(folder, set(names), previous - set(names))
             if fsync:
-                _fsync_dir(parent if decision["fresh"] else folder)
+                _io._fsync_dir(parent if decision["fresh"] else folder)
         except BaseException as e:
             result = "" if committed else (str(e)[:2000] or type(e).__name__)
             if committed:  # pragma: no cover - a cleanup after the commit: not a failure

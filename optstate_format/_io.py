@@ -365,15 +365,20 @@ def write(state: OptimizerState, path, *, fsync: bool = True, max_shard_size=Non
             raise _storage_error(e, path) from e
         raise
     if fsync:
-        try:
-            dfd = os.open(folder, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-        except OSError:  # pragma: no cover - platform without directory fsync
-            pass
+        _fsync_dir(folder)
     return path
+
+
+def _fsync_dir(folder):
+    """Make a rename in ``folder`` durable (where the platform can fsync a directory)."""
+    try:
+        dfd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:  # pragma: no cover - platform without directory fsync
+        pass
 
 
 def _storage_error(e: OSError, path: Path) -> StorageError:
