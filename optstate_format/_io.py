@@ -68,9 +68,13 @@ _READ_CHUNK = 4 * 1024 * 1024
 # Tensors up to this size that lie back to back are read together, up to _READ_CHUNK at once.
 _SMALL_TENSOR = 64 * 1024
 # From this many data bytes, tensors are read and checksummed by several threads (preadv
-# and the crc32 release the GIL). Below it, threads cost more than they save (measured: 50
-# and 200 MB imports were 15% faster in one thread, 1 GB ones as fast).
-_PARALLEL_VERIFY_BYTES = 512 * 1024 * 1024
+# and the crc32 release the GIL). Most of a large read is spent faulting in the new memory
+# the arrays live in, and threads fault side by side: measured on the project machine (2
+# cores), importing Adam state into a trained Keras model with memory in the state a user's
+# import meets (freed seconds before) took, threads against one thread, 66 against 98 ms at
+# 50 MB, 171 against 474 ms at 202 MB, 645 against 1908 ms at 1 GB (median of 5; the
+# procedure is BENCHMARKS.md's `--settle`). Below this size a thread costs more than it saves.
+_PARALLEL_VERIFY_BYTES = 16 * 1024 * 1024
 
 
 # ----------------------------------------------------------------------------- writing
