@@ -21,6 +21,7 @@ as data (``restore_scheduler``).
 from __future__ import annotations
 
 import re
+import threading
 import warnings
 
 import numpy as np
@@ -210,6 +211,16 @@ def _create(spec, group, p):
     return p.new_zeros(shape)
 
 
+class _Deferred:
+    """A companion state tensor not created yet (see ``TorchAdapter.finish``); never left in
+    an optimizer's state once an import returns."""
+
+    __slots__ = ("spec", "group", "param")
+
+    def __init__(self, spec, group, param):
+        self.spec, self.group, self.param = spec, group, param
+
+
 class _GroupValue:
     """A value of a parameter group that the optimizer changes as it runs (``lr``: LR
     schedulers set it every step). ``pre`` is the group's value when described."""
@@ -233,6 +244,10 @@ class TorchAdapter(BaseAdapter):
     """
 
     framework = "torch"
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._deferred = []  # (state entry, key, _Deferred) of companions not yet created
 
     # ---- model ----------------------------------------------------------------------------
     def describe_model(self, model) -> ModelDescription:
@@ -365,17 +380,19 @@ class TorchAdapter(BaseAdapter):
             key = handle.spec.key
             if key not in entry:
                 # torch initialises a parameter's state all at once and only when it has none:
-                # create every entry it would (its own initial values), so a partial import
-                # never leaves state torch cannot step with.
+                # every entry it would create is created (its own initial values), so a
+                # partial import never leaves state torch cannot step with. A tensor shaped
+                # like the parameter waits as a _Deferred until finish(): the import usually
+                # assigns it next, and zeros made now would be thrown away.
                 for sk in handle.companions or (handle.spec,):
                     if sk.key not in entry and sk is not handle.spec:
-                        entry[sk.key] = (_create(sk, handle.group, handle.param)
-                                         if sk.init != "none" else None)
+                        entry[sk.key] = self._companion(entry, sk, handle)
                 spec = handle.spec
                 if spec.python is int or ":" in spec.init:  # a number or a scalar: its type
                     entry[key] = _create(spec, handle.group, handle.param)
             current = entry.get(key)
-            if current is None:  # a tensor shaped like the parameter: made from the value
+            if current is None or isinstance(current, _Deferred):
+                # a tensor shaped like the parameter: made from the value
                 p = handle.param
                 entry[key] = _state_tensor(value, _torch_shape(handle.spec.layout, p), p.dtype,
                                            p.device, adopt=adopt)
@@ -399,6 +416,26 @@ class TorchAdapter(BaseAdapter):
                 handle.group[handle.key] = handle.pre if same else v
             return
         raise TypeError(f"not a torch adapter handle: {type(handle).__name__}")
+
+    def _companion(self, entry, sk, handle):
+        if sk.init == "none":
+            return None
+        if sk.python is int or ":" in sk.init:  # a number or a scalar tensor: made now
+            return _create(sk, handle.group, handle.param)
+        marker = _Deferred(sk, handle.group, handle.param)
+        with self._lock:
+            self._deferred.append((entry, sk.key, marker))
+        return marker
+
+    def finish(self) -> None:
+        """Called by the core once an import's assignments are over (done, undone or, with
+        ``rollback=False``, broken off): every companion still waiting becomes the tensor
+        torch itself would have created. Those a rollback removed are gone already."""
+        with self._lock:
+            waiting, self._deferred = self._deferred, []
+        for entry, key, marker in waiting:
+            if entry.get(key) is marker:
+                entry[key] = _create(marker.spec, marker.group, marker.param)
 
     def snapshot(self, handle):
         if isinstance(handle, _StateSlot):

@@ -12,6 +12,7 @@ arrives during the rollback cannot cut it short.
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 
 import numpy as np
@@ -151,6 +152,28 @@ def apply(adapter, assignments, *, rollback: bool = True, owned: bool = False) -
     memory. Arrays sharing memory (one listed twice, or two views of one buffer) are
     adopted once at most: the others are assigned (copied), so no two variables alias.
     """
+    finish = getattr(adapter, "finish", None)
+    try:
+        return _apply(adapter, assignments, rollback, owned)
+    finally:
+        if finish is not None:
+            _finish(finish)
+
+
+def _finish(finish):
+    """The adapter's optional ``finish()``, whatever the outcome. Its own failure is an
+    ``E_ASSIGN`` when nothing else is being raised, and is left out when something is."""
+    raising = sys.exc_info()[1] is not None
+    try:
+        finish()
+    except Exception as e:
+        if not raising:
+            raise OptStateError(f"completing the assignments failed ({type(e).__name__}: "
+                                f"{e}); the optimizer may lack state it needs. Re-create the "
+                                "optimizer and import again.", code="E_ASSIGN") from e
+
+
+def _apply(adapter, assignments, rollback, owned):
     journal = []
     done = 0
     adopt = getattr(adapter, "adopt", None) if owned else None

@@ -163,6 +163,12 @@ class Adapter(Protocol):
     # adapter MAY make it the variable's memory instead of copying it. The core calls it,
     # when present, only on such arrays; an adapter without it gets ``assign``.
 
+    # Optional: ``finish()``. Called once when an import's assignments are over: after the
+    # last one, after a rollback, and after a ``rollback=False`` import broke off. An adapter
+    # that put off work an assignment might make unnecessary (torch: creating the companion
+    # state a later assignment replaces) does it here. It must leave every variable
+    # usable by the framework and never raise for state a rollback already removed.
+
     def snapshot(self, handle):
         """The current value, unaffected by later assignments, or :data:`ABSENT`."""
 

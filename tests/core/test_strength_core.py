@@ -1283,3 +1283,63 @@ def test_large_tensors_read_with_nan_are_still_reported_and_finite_ones_proven(m
         f"{w1.path} slot 'm': 4 NaN/Inf value(s), imported as they are",
         f"{w1.path} slot 'v': 4 NaN/Inf value(s), imported as they are"])
     np.testing.assert_array_equal(ad.values[(w1.path, "m")], bad)
+
+
+# ---- finish: an adapter's put-off work, done once whatever the outcome ----------------------
+
+class FinishingAdapter(BaseAdapter):
+    """Records every assignment, restore and finish() in one log, in order."""
+
+    def __init__(self, fail_on=None, finish_fails=False):
+        self.values = {k: np.zeros(2, np.float32) for k in "abc"}
+        self.log, self.fail_on, self.finish_fails = [], fail_on, finish_fails
+
+    def read(self, h):
+        return self.values[h]
+
+    def assign(self, h, v):
+        if h == self.fail_on:
+            self.fail_on = None  # once: the rollback's restore of it goes through
+            raise RuntimeError("device")
+        self.log.append(("assign", h))
+        self.values[h] = np.array(v)
+
+    def finish(self):
+        self.log.append(("finish",))
+        if self.finish_fails:
+            raise RuntimeError("out of memory")
+
+
+def _plan():
+    return [(Variable(k, (2,), "float32"), np.full(2, i + 1, np.float32))
+            for i, k in enumerate("abc")]
+
+
+@pytest.mark.parametrize("rollback", [True, False])
+def test_finish_runs_once_after_the_last_assignment(rollback):
+    from optstate_format import _journal
+    ad = FinishingAdapter()
+    assert _journal.apply(ad, _plan(), rollback=rollback) == 3
+    assert ad.log == [("assign", "a"), ("assign", "b"), ("assign", "c"), ("finish",)]
+
+
+@pytest.mark.parametrize("rollback", [True, False])
+def test_finish_runs_once_after_a_failed_import_and_after_its_rollback(rollback):
+    from optstate_format import _journal
+    ad = FinishingAdapter(fail_on="c")
+    with pytest.raises(OptStateError) as e:
+        _journal.apply(ad, _plan(), rollback=rollback)
+    assert e.value.code == "E_ASSIGN"
+    restores = [("assign", h) for h in "cba"] if rollback else []  # newest first
+    assert ad.log == [("assign", "a"), ("assign", "b"), *restores, ("finish",)]
+    assert [ad.values[k][0] for k in "abc"] == ([0, 0, 0] if rollback else [1, 2, 0])
+
+
+def test_a_failing_finish_is_an_assign_error_unless_another_error_is_on_its_way():
+    from optstate_format import _journal
+    with pytest.raises(OptStateError) as e:
+        _journal.apply(FinishingAdapter(finish_fails=True), _plan())
+    assert e.value.code == "E_ASSIGN" and "out of memory" in str(e.value)
+    with pytest.raises(OptStateError) as e:
+        _journal.apply(FinishingAdapter(fail_on="b", finish_fails=True), _plan())
+    assert "device" in str(e.value) and "out of memory" not in str(e.value)

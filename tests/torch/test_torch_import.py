@@ -348,3 +348,95 @@ def test_an_import_replaces_state_tensors_and_never_writes_into_the_old_ones(tmp
             assert dst_opt.state[p][k] is not old[id(p)][k]
             assert torch.equal(old[id(p)][k], old_values[id(p)][k])  # never written into
     assert bitwise_equal(state_by_name(dst, dst_opt), state_by_name(src, src_opt))
+
+
+def _creations(monkeypatch):
+    """The state tensors shaped like a parameter that the adapter creates itself."""
+    made = []
+    real = conv._create
+
+    def counting(spec, group, p):
+        out = real(spec, group, p)
+        if isinstance(out, torch.Tensor) and out.shape == p.shape:
+            made.append(spec.key)
+        return out
+    monkeypatch.setattr(conv, "_create", counting)
+    return made
+
+
+def test_a_fresh_import_creates_no_companion_state_it_then_replaces(tmp_path, monkeypatch):
+    """Adam's exp_avg and exp_avg_sq are created by torch together: an import assigning
+    both into a fresh optimizer makes no zeros for the second (issue 16), and the state it
+    leaves is the file's, bit for bit, and steps as the source does."""
+    src = Pair(8)
+    src_opt, path = trained_file(tmp_path, src)
+    dst = Pair(8)
+    dst.load_state_dict(src.state_dict())
+    dst_opt = O.Adam(dst.parameters(), lr=0.01)
+    made = _creations(monkeypatch)
+    import_state(dst, path, optimizer=dst_opt)
+    assert made == []
+    assert not any(isinstance(v, conv._Deferred) for st in dst_opt.state.values()
+                   for v in st.values())
+    def by_role(model, opt):  # (torch's own state_dict order follows assignment order)
+        named = state_by_name(model, opt)
+        return {n: {k: named[n][k] for k in sorted(named[n])} for n in sorted(named)}
+    assert bitwise_equal(by_role(src, src_opt), by_role(dst, dst_opt))
+    steps(src, src_opt, 2, start=20)
+    steps(dst, dst_opt, 2, start=20)
+    assert bitwise_equal(by_role(src, src_opt), by_role(dst, dst_opt))
+    assert same_params(src, dst)
+
+
+def test_an_import_broken_off_without_rollback_leaves_state_torch_steps_with(tmp_path,
+                                                                              monkeypatch):
+    """rollback=False and a failure after exp_avg of a parameter: its exp_avg_sq, put off
+    until the import ends, is created then as torch would (zeros), so step() runs."""
+    _, path = trained_file(tmp_path, Pair(8))
+    dst = Pair(8)
+    dst_opt = O.Adam(dst.parameters(), lr=0.01)
+    made = _creations(monkeypatch)
+    calls = []
+    real = conv.ADAPTER.adopt
+
+    def failing(handle, value):
+        calls.append(handle)
+        if len(calls) == 2:
+            raise RuntimeError("injected failure")
+        real(handle, value)
+    monkeypatch.setattr(conv.ADAPTER, "adopt", failing)
+    with pytest.raises(OptStateError) as e:
+        import_state(dst, path, optimizer=dst_opt, rollback=False)
+    assert e.value.code == "E_ASSIGN"
+    first = calls[0]
+    entry = dst_opt.state[first.param]
+    assert not any(isinstance(v, conv._Deferred) for st in dst_opt.state.values()
+                   for v in st.values())
+    companions = {sk.key for sk in first.companions if sk.key != first.spec.key
+                  and sk.init != "none" and ":" not in sk.init}
+    assert companions and set(made) == companions
+    for key in companions:
+        assert torch.count_nonzero(entry[key]) == 0
+    steps(dst, dst_opt, 1, start=30)  # torch steps with what the broken import left
+    assert all(torch.isfinite(v).all() for st in dst_opt.state.values()
+               for v in st.values() if isinstance(v, torch.Tensor))
+
+
+def test_a_rolled_back_fresh_import_leaves_no_state_and_no_waiting_companion(tmp_path,
+                                                                              monkeypatch):
+    _, path = trained_file(tmp_path, Pair(8))
+    dst = Pair(8)
+    dst_opt = O.Adam(dst.parameters(), lr=0.01)
+    calls = []
+    real = conv.ADAPTER.adopt
+
+    def failing(handle, value):
+        calls.append(handle)
+        if len(calls) == 3:
+            raise RuntimeError("injected failure")
+        real(handle, value)
+    monkeypatch.setattr(conv.ADAPTER, "adopt", failing)
+    with pytest.raises(OptStateError):
+        import_state(dst, path, optimizer=dst_opt)
+    assert len(dst_opt.state) == 0
+    assert conv.ADAPTER._deferred == []
