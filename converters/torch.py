@@ -684,7 +684,23 @@ def restore_scheduler(scheduler, source):
                                f"target's is {type(scheduler).__name__!r}; build a "
                                f"{lr.get('class_name')} to continue its schedule.")
     scheduler.load_state_dict(dict(lr.get("config") or {}))
+    if getattr(scheduler, "cycle_momentum", False):
+        _momentum_at_restored_step(scheduler)
     return scheduler
+
+
+def _momentum_at_restored_step(scheduler):
+    """OneCycleLR and CyclicLR with ``cycle_momentum`` set each group's momentum (Adam's
+    ``betas[0]``) as a side effect of computing the learning rate, in ``step()``. Loading
+    their state does not, so the next optimizer step would use the momentum the new
+    scheduler started from: compute it for the restored step, as ``step()`` did at the
+    source. The learning rates it returns are dropped (the import restored them)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch warns when get_lr runs outside step()
+        try:
+            scheduler.get_lr()
+        except ValueError:  # a schedule already run to its end: no step is left to take
+            pass
 
 
 # ---- files torch wrote by position -------------------------------------------------------------

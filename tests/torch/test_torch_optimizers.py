@@ -325,3 +325,40 @@ def test_an_optimizer_over_parameters_outside_the_model_is_refused(tmp_path):
     opt = O.SGD(list(m.parameters()) + [stray], lr=0.1, momentum=0.9)
     with pytest.raises(UnsupportedError, match="not part of the model"):
         export_state(m, tmp_path / "s.optstate", optimizer=opt)
+
+
+def _one_cycle(opt):
+    return O.lr_scheduler.OneCycleLR(opt, max_lr=0.5, total_steps=20)
+
+
+def _cyclic(opt):
+    return O.lr_scheduler.CyclicLR(opt, base_lr=0.01, max_lr=0.5, step_size_up=4)
+
+
+@pytest.mark.parametrize("opt_cls,key,make", [(O.Adam, "betas", _one_cycle),
+                                              (O.SGD, "momentum", _one_cycle),
+                                              (O.SGD, "momentum", _cyclic)],
+                         ids=["adam-onecycle", "sgd-onecycle", "sgd-cyclic"])
+def test_a_scheduler_that_cycles_momentum_resumes_bit_for_bit(opt_cls, key, make, tmp_path):
+    """OneCycleLR also sets each group's momentum (Adam's betas[0], SGD's momentum) every
+    step: a resumed run must step with the value the source had reached, not the one its
+    new scheduler started from."""
+    torch.manual_seed(0)
+    src = Twin()
+    kw = {"momentum": 0.9} if opt_cls is O.SGD else {}
+    opt = opt_cls(src.parameters(), lr=0.1, **kw)
+    sched = make(opt)
+    train(src, opt, 5, scheduler=sched)
+    path = export_state(src, tmp_path / "m.optstate", optimizer=(opt, sched),
+                        include_weights=True)
+    dst = Twin()
+    dst_opt = opt_cls(dst.parameters(), lr=0.1, **kw)
+    dst_sched = make(dst_opt)
+    assert dst_opt.param_groups[0][key] != opt.param_groups[0][key]  # the test means it
+    import_state(dst, path, optimizer=dst_opt, include_weights=True)
+    conv.restore_scheduler(dst_sched, path)
+    assert dst_opt.param_groups[0][key] == opt.param_groups[0][key]
+    assert dst_opt.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
+    train(src, opt, 3, start=5, scheduler=sched)
+    train(dst, dst_opt, 3, start=5, scheduler=dst_sched)
+    assert same_params(src, dst)
