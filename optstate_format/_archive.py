@@ -42,7 +42,6 @@ import sys
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import msgpack
@@ -834,7 +833,7 @@ class Archive:
                 if part.file.ident != part.ident:
                     _fail(f"shard {name!r} changed while the archive was read; read it again.",
                           "E_ARCHIVE_MISMATCH")
-                return part.read_all(verify, progress)
+                return part.read_all(verify, progress, parallel=not side_by_side)
             except IntegrityError as e:
                 if e.code != "E_CHECKSUM":
                     raise
@@ -846,15 +845,12 @@ class Archive:
 
         arrays = {}
         total = sum(part.data_len for part in self.parts)
-        cpus = os.cpu_count() or 1
-        if verify and len(self.parts) > 1 and total >= _io._PARALLEL_VERIFY_BYTES and cpus > 1:
-            # shards read and checksummed side by side (preadv and crc32 release the GIL)
-            with ThreadPoolExecutor(max_workers=min(4, cpus)) as pool:
-                for got in pool.map(one, self.parts):
-                    arrays.update(got)
-        else:
-            for part in self.parts:
-                arrays.update(one(part))
+        # shards read and checksummed side by side, each in one thread; a single shard
+        # uses the threads of its own reader
+        side_by_side = (verify and len(self.parts) > 1 and (os.cpu_count() or 1) > 1
+                        and total >= _io._PARALLEL_VERIFY_BYTES)
+        for got in _io.run_jobs(one, self.parts, side_by_side):
+            arrays.update(got)
         self.finite = {k for part in self.parts for k in part.finite
                        if k in self.tensors and k not in self.pieces}
         for key, (dtype, shape, parts) in self.pieces.items():  # assemble (spec 14.9)

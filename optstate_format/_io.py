@@ -917,7 +917,9 @@ class _Container:
             out.append((key, self._finish(key, name, arr, False) if name == "bool" else arr))
         return out
 
-    def read_all(self, verify, progress=None):
+    def read_all(self, verify, progress=None, parallel=True):
+        """Every tensor, verified; in threads from _PARALLEL_VERIFY_BYTES unless
+        ``parallel`` is False (a caller that runs several of these side by side)."""
         keys = sorted((k for k in self.tensors if k != HEADER_KEY),
                       key=lambda k: self.tensors[k][2])
         jobs, run, run_begin, run_end = [], [], 0, 0
@@ -943,12 +945,23 @@ class _Container:
             if progress is not None:
                 progress(sum(self.tensors[k][3] - self.tensors[k][2] for k, _ in part))
             return part
-        if verify and self.data_len >= _PARALLEL_VERIFY_BYTES and (os.cpu_count() or 1) > 1:
-            with ThreadPoolExecutor(max_workers=min(4, os.cpu_count())) as pool:
-                parts = list(pool.map(work, jobs))
-        else:
-            parts = [work(job) for job in jobs]
+        parts = run_jobs(work, jobs, parallel and verify
+                         and self.data_len >= _PARALLEL_VERIFY_BYTES)
         return {key: arr for part in parts for key, arr in part}
+
+
+def run_jobs(fn, items, parallel):
+    """``[fn(x) for x in items]``, in threads when ``parallel`` (preadv and crc32 release the
+    GIL). The first failure in item order is raised, as one thread would; items not started
+    by then are cancelled, so an error or an interrupt does not wait for the whole read."""
+    cpus = os.cpu_count() or 1
+    if not parallel or cpus < 2 or len(items) < 2:
+        return [fn(x) for x in items]
+    pool = ThreadPoolExecutor(max_workers=min(4, cpus))
+    try:
+        return list(pool.map(fn, items))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _guarded(fn, *args):

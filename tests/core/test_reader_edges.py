@@ -164,6 +164,7 @@ def test_the_parallel_checksum_path_names_the_damaged_tensor(tmp_path, monkeypat
     monkeypatch.setattr(_io, "ThreadPoolExecutor", Counted)
     monkeypatch.setattr(_io.os, "cpu_count", lambda: 4)
     monkeypatch.setattr(_io, "_PARALLEL_VERIFY_BYTES", 0)
+    monkeypatch.setattr(_io, "_SMALL_TENSOR", 0)  # a job per tensor (one job runs inline)
     with pytest.raises(osf.IntegrityError) as err:
         osf.read(p)
     assert err.value.code == "E_CHECKSUM" and err.value.key == key and pools == [4]
@@ -195,3 +196,28 @@ def test_every_reading_code_of_spec_section_11_is_asserted_by_a_test():
     found |= {json.loads(t)["code"] for t in texts if t.lstrip().startswith("{")}
     missing = [c for c in codes if c not in found]
     assert not missing, f"no test asserts {missing}"
+
+
+def test_threaded_jobs_raise_the_first_failure_in_order_and_cancel_the_rest(monkeypatch):
+    """The reader's threads fail as one thread would (the first failing tensor in file order),
+    and an error or interrupt does not wait for the rest of a large read."""
+    import threading
+    import time as _time
+    monkeypatch.setattr(_io.os, "cpu_count", lambda: 4)
+    ran, lock = [], threading.Lock()
+
+    def fn(i):
+        with lock:
+            ran.append(i)
+        if i == 2:
+            _time.sleep(0.05)  # fails after item 5 has
+            raise ValueError("two")
+        if i == 5:
+            raise ValueError("five")
+        _time.sleep(0.01)
+        return i
+    with pytest.raises(ValueError, match="two"):
+        _io.run_jobs(fn, list(range(400)), True)
+    assert len(ran) < 400  # the rest was cancelled, not read
+    assert _io.run_jobs(lambda i: i * 2, list(range(9)), True) == [i * 2 for i in range(9)]
+    assert _io.run_jobs(lambda i: i, [7], True) == [7]
