@@ -6,6 +6,8 @@ usage: backend_worker.py BACKEND MODE FILE OUT
   resume   N steps, export FILE, import into a model built b first, M steps: against N+M
   rollback a failure injected mid-import restores trained and fresh optimizers bitwise
   optimizers  each built-in optimizer: export, import (b first), one more step on both
+  callback OptStateCheckpoint (async) over 2 epochs of fit, resumed by a fresh callback into
+           a changed model to epoch 4, against 4 uninterrupted epochs
 OUT (npz) receives each role's slots and weights, so that the test compares by role.
 """
 
@@ -132,6 +134,46 @@ def main():
                     results[f"{name}:{role}/{v.name}:src"] = np.array(v.numpy())
                     results[f"{name}:{role}/{v.name}:dst"] = np.array(w.numpy())
         np.savez(out, **results)
+    elif mode == "callback":
+        # the checkpoint callback under this backend: 2 epochs written asynchronously, then
+        # a new callback resumes a model built in another order with parameterless layers
+        # inserted, to epoch 4; the uninterrupted 4 epochs are the reference
+        from pathlib import Path
+
+        from optstate_format.converters.keras3 import OptStateCheckpoint
+        from workflow_models import adam_slots_by_role, branchy, data, weights_by_role
+        run_dir = Path(file).parent / "run"
+        x, y = data()
+
+        def fit(model, epochs, cbs=()):
+            return model.fit(x, y, batch_size=16, epochs=epochs, shuffle=False, verbose=0,
+                             callbacks=list(cbs))
+        keras.utils.set_random_seed(1)
+        full, full_roles = branchy(keras, optimizer=keras.optimizers.Adam(0.01))
+        fit(full, 4)
+        keras.utils.set_random_seed(1)
+        first, _ = branchy(keras, optimizer=keras.optimizers.Adam(0.01))
+        cb = OptStateCheckpoint(run_dir, async_write=True)
+        fit(first, 2, [cb])
+        cb.wait()
+        assert sorted(os.listdir(run_dir)) == ["ckpt-e0001-s000004.optstate",
+                                               "ckpt-e0002-s000008.optstate"]
+        keras.utils.set_random_seed(99)  # another initialization: all from the archive
+        changed, changed_roles = branchy(keras, changed=True,
+                                         optimizer=keras.optimizers.Adam(0.01))
+        resumed = OptStateCheckpoint(run_dir)
+        history = fit(changed, 4, [resumed])
+        assert history.epoch == [2, 3], history.epoch
+        assert os.path.basename(resumed.restored[0]) == "ckpt-e0002-s000008.optstate"
+        assert int(np.asarray(changed.optimizer.iterations)) == 16
+        out_arrays = {}
+        for tag, model, roles in (("full", full, full_roles),
+                                  ("resumed", changed, changed_roles)):
+            for k, v in weights_by_role(roles).items():
+                out_arrays[f"{tag}:w:{k}"] = v
+            for k, v in adam_slots_by_role(model, roles).items():
+                out_arrays[f"{tag}:s:{k}"] = v
+        np.savez(out, **out_arrays)
     else:
         raise SystemExit(f"unknown mode {mode}")
 
