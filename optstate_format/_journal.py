@@ -12,7 +12,6 @@ arrives during the rollback cannot cut it short.
 from __future__ import annotations
 
 import signal
-import sys
 import threading
 
 import numpy as np
@@ -153,17 +152,19 @@ def apply(adapter, assignments, *, rollback: bool = True, owned: bool = False) -
     adopted once at most: the others are assigned (copied), so no two variables alias.
     """
     finish = getattr(adapter, "finish", None)
+    done = False
     try:
-        return _apply(adapter, assignments, rollback, owned)
+        count = _apply(adapter, assignments, rollback, owned)
+        done = True
+        return count
     finally:
         if finish is not None:
-            _finish(finish)
+            _finish(finish, raising=not done)
 
 
-def _finish(finish):
+def _finish(finish, raising):
     """The adapter's optional ``finish()``, whatever the outcome. Its own failure is an
     ``E_ASSIGN`` when nothing else is being raised, and is left out when something is."""
-    raising = sys.exc_info()[1] is not None
     try:
         finish()
     except Exception as e:

@@ -1343,3 +1343,9 @@ def test_a_failing_finish_is_an_assign_error_unless_another_error_is_on_its_way(
     with pytest.raises(OptStateError) as e:
         _journal.apply(FinishingAdapter(fail_on="b", finish_fails=True), _plan())
     assert "device" in str(e.value) and "out of memory" not in str(e.value)
+    try:  # an import run while the caller handles an error of its own still reports it
+        raise LookupError("the caller's")
+    except LookupError:
+        with pytest.raises(OptStateError) as e:
+            _journal.apply(FinishingAdapter(finish_fails=True), _plan())
+    assert "out of memory" in str(e.value)
