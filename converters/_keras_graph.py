@@ -8,6 +8,7 @@ here only describes (``optstate_format.adapter`` records); the core decides.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -27,13 +28,15 @@ _SKIP_ATTRS = {"_layers", "_tracker", "_inbound_nodes", "_outbound_nodes", "_fun
                "_saved_model_inputs_spec", "_input_spec"}
 
 
-def snake_cases(name: str) -> set:
-    """The default layer names Keras 3 and tf_keras derive from a class name."""
+@functools.lru_cache(maxsize=4096)
+def snake_cases(name: str) -> frozenset:
+    """The default layer names Keras 3 and tf_keras derive from a class name (cached: a
+    model repeats a few classes thousands of times)."""
     name = re.sub(r"\W+", "", name)
     k3 = re.sub(r"([a-z])([A-Z])", r"\1_\2", re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name))
     k2 = re.sub(r"([a-z])([A-Z])", r"\1_\2", re.sub(r"(.)([A-Z][a-z0-9]+)", r"\1_\2", name))
     out = {k3.lower(), k2.lower()}
-    return out | {"private" + n for n in out if n.startswith("_")}
+    return frozenset(out | {"private" + n for n in out if n.startswith("_")})
 
 
 def is_auto_name(name: str, cls: str, extra=()) -> bool:

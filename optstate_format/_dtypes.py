@@ -76,6 +76,7 @@ def itemsize(name: str) -> int:
 
 
 _FINITE_CHUNK = 1 << 22
+_SMALL = 4096  # elements: below this, count_nonfinite counts without trying the sum first
 _FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -97,7 +98,11 @@ def count_nonfinite(arr, proven=frozenset()) -> int:
     if id(arr) in proven:
         return 0
     arr = np.asarray(arr)
-    if arr.dtype not in _FLOATS or arr.size == 0 or proven_finite(arr):
+    if arr.dtype not in _FLOATS or arr.size == 0:
+        return 0
+    if arr.size <= _SMALL:  # counted outright: cheaper than the sum's error-state guard
+        return int(arr.size - np.count_nonzero(np.isfinite(arr)))
+    if proven_finite(arr):
         return 0
     flat = arr.reshape(-1)
     return sum(int(flat[i:i + _FINITE_CHUNK].size - np.count_nonzero(
