@@ -942,23 +942,34 @@ class _TfProcesses:
     uses the keys ``optstate_format/<n>/<worker>``; a worker deletes the keys it set once a
     later gather proves that every worker has read them. A worker that does not answer
     within ``TIMEOUT`` seconds (or a coordination service that reports it gone) fails the
-    call with ``E_WRITE``."""
+    call with ``E_WRITE``; ``OPTSTATE_PROCESS_TIMEOUT`` (seconds) sets another limit. (A
+    worker that dies is not reported by the coordination service for minutes, if at all:
+    the others wait for the limit.)"""
 
     TIMEOUT = 3600.0
     _calls = 0      # calls made by this process, over every export of the job
     _mine = []      # [(call, key)] set by this process and not yet deleted
 
-    def __init__(self, strategy, index, count):
-        from tensorflow.python.eager import context
-        self._ctx = context.context()
-        self.index, self.count = index, count
+    def __init__(self, strategy, index, count, ctx=None):
+        if ctx is None:
+            from tensorflow.python.eager import context
+            ctx = context.context()
+        self._ctx, self.index, self.count = ctx, index, count
+        raw = os.environ.get("OPTSTATE_PROCESS_TIMEOUT")
+        try:
+            self.timeout = self.TIMEOUT if raw is None else float(raw)
+        except ValueError:
+            self.timeout = -1.0
+        if not 0 < self.timeout < math.inf:
+            raise UnsupportedError(f"OPTSTATE_PROCESS_TIMEOUT must be a positive number of "
+                                   f"seconds, got {raw!r}.")
 
     def _key(self, n, worker):
         return f"optstate_format/{n}/{worker}"
 
     def _next(self):
-        n = _TfProcesses._calls
-        _TfProcesses._calls += 1
+        n = type(self)._calls
+        type(self)._calls = n + 1
         return n
 
     def _set(self, n, text):
@@ -967,12 +978,12 @@ class _TfProcesses:
             self._ctx.set_config_key_value(key, text)
         except Exception as e:  # noqa: BLE001 - TensorFlow's errors, told as ours
             raise self._error("cannot publish to the other workers", e) from None
-        _TfProcesses._mine.append((n, key))
+        type(self)._mine.append((n, key))
 
     def _get(self, n, worker):
         try:
             return self._ctx.get_config_key_value(self._key(n, worker),
-                                                  int(self.TIMEOUT * 1000))
+                                                  max(1, int(self.timeout * 1000)))
         except Exception as e:  # noqa: BLE001 - a timeout, a worker gone: TensorFlow's errors
             raise self._error(f"worker {worker} did not answer", e) from None
 
@@ -1006,8 +1017,8 @@ class _TfProcesses:
         self._set(n, text)
         out = [text if w == self.index else self._get(n, w) for w in range(self.count)]
         # every worker has set its key of call n, so it has read every key of earlier calls
-        done = [k for c, k in _TfProcesses._mine if c < n]
-        _TfProcesses._mine = [(c, k) for c, k in _TfProcesses._mine if c >= n]
+        done = [k for c, k in type(self)._mine if c < n]
+        type(self)._mine = [(c, k) for c, k in type(self)._mine if c >= n]
         for key in done:
             try:
                 self._ctx.delete_config_key_value(key)
@@ -1214,7 +1225,7 @@ def write_distributed(state, path, *, max_shard_size, fsync=True, procs) -> Path
         if fsync and created:
             _io._fsync_dir(folder)
     except BaseException as e:  # told to the others, so that no process waits forever
-        said = e.msg if isinstance(e, OptStateError) else e
+        said = e.msg if isinstance(e, StorageError) else e  # the code once
         status = f"process {procs.index}: {type(e).__name__}: {said}"[:2000]
         for p in created:
             try:
@@ -1249,7 +1260,7 @@ def write_distributed(state, path, *, max_shard_size, fsync=True, procs) -> Path
             if fsync:
                 _io._fsync_dir(parent if decision["fresh"] else folder)
         except BaseException as e:
-            said = e.msg if isinstance(e, OptStateError) else e
+            said = e.msg if isinstance(e, StorageError) else e  # the code once
             result = "" if committed else (str(said)[:2000] or type(e).__name__)
             if committed:  # pragma: no cover - a cleanup after the commit: not a failure
                 pass
