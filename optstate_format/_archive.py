@@ -985,7 +985,8 @@ class _TfProcesses:
             return self._ctx.get_config_key_value(self._key(n, worker),
                                                   max(1, int(self.timeout * 1000)))
         except Exception as e:  # noqa: BLE001 - a timeout, a worker gone: TensorFlow's errors
-            raise self._error(f"worker {worker} did not answer", e) from None
+            raise self._error(f"worker {worker} did not answer (every worker of the job must "
+                              "call the export, with the same path)", e) from None
 
     def _error(self, what, e):
         first = (str(e).strip().splitlines() or [""])[0][:500]
