@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from optstate_format import _dtypes, _registry
+from optstate_format._archive import _tf_strategy
 from optstate_format._errors import UnsupportedError
 from optstate_format._identity import Graph, Layer, Node
 from optstate_format._paths import NAME_RE, sanitize_segment
@@ -39,10 +40,9 @@ def _strategy_scope(model):
     if dist is None or dist.has_strategy():
         return contextlib.nullcontext()
     for v in list(getattr(model, "variables", None) or ())[:1]:
-        for inner in (v, getattr(v, "value", None)):
-            strategy = getattr(inner, "distribute_strategy", None)
-            if strategy is not None and hasattr(strategy, "scope"):
-                return strategy.scope()
+        strategy = _tf_strategy(v)
+        if strategy is not None:
+            return strategy.scope()
     return contextlib.nullcontext()
 
 

@@ -1042,7 +1042,7 @@ def _tf_strategy(handle):
     Keras 3 variable on the TensorFlow backend), or None."""
     for v in (handle, getattr(handle, "value", None)):
         strategy = getattr(v, "distribute_strategy", None)
-        if strategy is not None:
+        if strategy is not None and hasattr(strategy, "scope"):
             return strategy
     return None
 
@@ -1055,26 +1055,23 @@ def _tf_workers(state):
     mwms = getattr(dist, "MultiWorkerMirroredStrategy", None)
     if not isinstance(mwms, type):
         return None
-    found = [dist.get_strategy()] if dist.has_strategy() else []
-    if not found and state is not None:
-        for w in state.weights:
-            for t in [w.value, *w.slots.values()]:
-                s = _tf_strategy(getattr(t, "handle", None))
-                if s is not None:
-                    found.append(s)
-                    break
-            if found:
+    strategy = dist.get_strategy() if dist.has_strategy() else None
+    if strategy is None and state is not None:
+        tensors = [t for w in state.weights for t in (w.value, *w.slots.values())]
+        for t in tensors + list(state.globals.values()):
+            strategy = _tf_strategy(getattr(t, "handle", None))
+            if strategy is not None:
                 break
-    if not found or not isinstance(found[0], mwms):
+    if not isinstance(strategy, mwms):
         return None
     from tensorflow.python.distribute import multi_worker_util
-    resolver = found[0].cluster_resolver
+    resolver = strategy.cluster_resolver
     spec = multi_worker_util.normalize_cluster_spec(resolver.cluster_spec())
     if not spec.jobs or resolver.task_type is None:
         return None
     count = multi_worker_util.worker_count(spec, resolver.task_type)
     index = multi_worker_util.id_in_cluster(spec, resolver.task_type, resolver.task_id)
-    return (found[0], index, count) if count > 1 else None
+    return (strategy, index, count) if count > 1 else None
 
 
 def processes(state=None):
