@@ -8,13 +8,16 @@ here only describes (``optstate_format.adapter`` records); the core decides.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 
 from optstate_format import _dtypes, _registry
+from optstate_format._archive import _tf_strategy
 from optstate_format._errors import UnsupportedError
 from optstate_format._identity import Graph, Layer, Node
 from optstate_format._paths import NAME_RE, sanitize_segment
@@ -26,6 +29,22 @@ _SKIP_ATTRS = {"_layers", "_tracker", "_inbound_nodes", "_outbound_nodes", "_fun
                "_compile_metrics", "_compile_loss", "_loss_tracker", "_metrics",
                "_self_unconditional_checkpoint_dependencies", "_layer_call_argspecs",
                "_saved_model_inputs_spec", "_input_spec"}
+
+
+def _strategy_scope(model):
+    """The scope of the tf.distribute strategy that made ``model``'s variables, when the
+    program is in no strategy scope: an optimizer built here (on export or import) then
+    creates its variables as the model's were (mirrored under MultiWorkerMirroredStrategy,
+    where TensorFlow refuses to create them outside the scope). Else nothing."""
+    tf = sys.modules.get("tensorflow")
+    dist = getattr(tf, "distribute", None)
+    if dist is None or dist.has_strategy():
+        return contextlib.nullcontext()
+    for v in list(getattr(model, "variables", None) or ())[:1]:
+        strategy = _tf_strategy(v)
+        if strategy is not None:
+            return strategy.scope()
+    return contextlib.nullcontext()
 
 
 @functools.lru_cache(maxsize=4096)
@@ -331,7 +350,18 @@ class KerasAdapter(BaseAdapter):
     def describe_optimizer(self, model, optimizer=None, *, create=True):
         """The optimizer as records (Keras builds an unbuilt optimizer either way: its
         variables then hold their initial values, which is what a fresh one holds)."""
-        return self.optimizer_parts(self._opt(model, optimizer), model)
+        opt = self._opt(model, optimizer)
+        try:
+            with _strategy_scope(model):
+                return self.optimizer_parts(opt, model)
+        except RuntimeError as e:
+            if "strategy.scope()" not in str(e):
+                raise
+            raise UnsupportedError(
+                "the optimizer's variables cannot be created here: the program is in the "
+                "scope of another tf.distribute strategy than the one that made the model's "
+                "variables. Call it outside any strategy scope or inside the model's. "
+                f"(TensorFlow: {str(e).splitlines()[0][:200]})") from None
 
     def read(self, var):
         """The variable's current value, as a view of the framework's buffer where it can."""

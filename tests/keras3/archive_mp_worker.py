@@ -1,22 +1,25 @@
-"""Worker for test_archive_multiprocess.py: one of two JAX processes (2 CPU devices each) that
-export one Keras 3 model, trained under a distribution, into one sharded archive.
+"""Worker for test_archive_multiprocess.py: one of NPROCS JAX processes (4 CPU devices in all:
+2 processes x 2 devices by default, or 1 process x 4) that export one Keras 3 model, trained
+under a distribution, into one sharded archive.
 
-usage: archive_mp_worker.py PROCESS_ID PORT MODE(dp|mp) ARCHIVE EXPECTED_NPZ
+usage: archive_mp_worker.py PROCESS_ID PORT MODE(dp|mp) ARCHIVE EXPECTED_NPZ [NPROCS]
 """
 
 import os
 import sys
 
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+pid, port, mode, archive, expected = (int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4],
+                                      sys.argv[5])
+nprocs = int(sys.argv[6]) if len(sys.argv) > 6 else 2
+os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={4 // nprocs}"
 os.environ["JAX_PLATFORMS"] = "cpu"
 os.environ["KERAS_BACKEND"] = "jax"
 
 import jax  # noqa: E402
 
-pid, port, mode, archive, expected = (int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4],
-                                      sys.argv[5])
-jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2,
-                           process_id=pid, initialization_timeout=90)
+if nprocs > 1:
+    jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=nprocs,
+                               process_id=pid, initialization_timeout=90)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -26,12 +29,12 @@ import optstate_format as osf  # noqa: E402
 
 keras.utils.set_random_seed(0)  # initial values must agree across processes
 devices = kd.list_devices()
-assert len(devices) == 4 and jax.process_count() == 2
+assert len(devices) == 4 and jax.process_count() == nprocs
 if mode == "dp":
     kd.set_distribution(kd.DataParallel(devices=devices))
 else:
-    # the 'model' axis spans the two processes: each holds one half of d1's kernel
-    grid = np.array(devices).reshape(2, 2).T.reshape(-1).tolist()
+    # with 2 processes the 'model' axis spans them: each holds one half of d1's kernel
+    grid = np.array(devices).reshape(2, 2).T.reshape(-1).tolist() if nprocs > 1 else devices
     mesh = kd.DeviceMesh((2, 2), ["batch", "model"], devices=grid)
     layouts = kd.LayoutMap(mesh)
     layouts["d1/kernel"] = (None, "model")
@@ -64,7 +67,8 @@ for i, var in enumerate(model.trainable_variables):
 opt.iterations.assign(7)
 if mode == "mp":
     kernel = model.get_layer("d1").kernel.value
-    assert not kernel.is_fully_addressable and not kernel.is_fully_replicated
+    assert not kernel.is_fully_replicated and len(kernel.sharding.device_set) == 4
+    assert kernel.is_fully_addressable == (nprocs == 1)
 osf.export_state(model, archive, include_weights=True, max_shard_size=256)
 if pid == 0:
     np.savez(expected, **want)

@@ -122,3 +122,23 @@ def test_saved_by_two_processes_imported_in_other_layouts_and_process_counts(tmp
                                                  str(expected)], nprocs)
         for p, out in enumerate(outs):
             assert f"process {p} of {nprocs} imported" in out, out[-2000:]
+
+
+def test_saved_by_one_process_of_four_devices_imported_by_two_processes_of_two(tmp_path):
+    """The reverse (issue 15): saved by 1 process x 4 devices (ModelParallel, d1's kernel
+    split over the 'model' axis), imported by 2 processes x 2 devices (jax.distributed),
+    ModelParallel with the 'model' axis across the processes, then DataParallel: every
+    piece each process holds equals the saved values and the target's layout is kept."""
+    archive, expected = tmp_path / "run.optstate", tmp_path / "expected.npz"
+    _spawn(WORKER, lambda p, port: [str(p), port, "mp", str(archive), str(expected), "1"], 1)
+    want = dict(np.load(expected))
+    assert _check_against(osf.read(archive), want) == 8
+    doc = osf.read_header(archive)
+    assert "pieces" not in doc["archive"]  # one process holds everything: stored whole
+    assert not any("-p0" in f for f in doc["archive"]["files"])
+    for mode in ("mp", "dp"):
+        outs = _spawn(IMPORTER, lambda p, port: [str(p), "2", port, mode, str(archive),
+                                                 str(expected)], 2)
+        for p, out in enumerate(outs):
+            # 4 variables x (value, m, v) x the 2 devices of this process
+            assert f"process {p} of 2 imported, 24 pieces equal" in out, out[-2000:]
