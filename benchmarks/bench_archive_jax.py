@@ -16,13 +16,14 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _spawn  # noqa: E402
 
 
 def worker(pid, nprocs, port, archive, layers, width, shard_mb):
@@ -57,17 +58,7 @@ def worker(pid, nprocs, port, archive, layers, width, shard_mb):
 
 
 def spawn(args_of, n, timeout=900):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    procs = [subprocess.Popen([sys.executable, __file__] + args_of(p), stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, text=True, env=env) for p in range(n)]
-    try:
-        outs = [p.communicate(timeout=timeout)[0] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    return [json.loads(o.strip().splitlines()[-1]) for o in outs]
+    return _spawn.spawn(__file__, args_of, n, timeout)
 
 
 def main():
