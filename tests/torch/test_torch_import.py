@@ -45,6 +45,20 @@ def steps(model, opt, n, start=0):
         opt.step()
 
 
+def fail_adopt_at(monkeypatch, n):
+    """Make the n-th adopt of the import raise; returns the handles adopt was called with."""
+    calls = []
+    real = conv.ADAPTER.adopt
+
+    def failing(handle, value):
+        calls.append(handle)
+        if len(calls) == n:
+            raise RuntimeError("injected failure")
+        real(handle, value)
+    monkeypatch.setattr(conv.ADAPTER, "adopt", failing)
+    return calls
+
+
 def trained_file(tmp_path, model, opt_cls=O.Adam, n=3, **kw):
     torch.manual_seed(0)
     opt = opt_cls(model.parameters(), lr=0.01)
@@ -324,15 +338,7 @@ def test_an_import_replaces_state_tensors_and_never_writes_into_the_old_ones(tmp
     steps(dst, dst_opt, 2, start=10)
     old = {id(p): dict(dst_opt.state[p]) for p in dst.parameters()}
     old_values = {i: {k: v.clone() for k, v in st.items()} for i, st in old.items()}
-    calls = []
-    real = conv.ADAPTER.adopt
-
-    def failing(handle, value):
-        calls.append(handle)
-        if len(calls) == 5:
-            raise RuntimeError("injected failure")
-        real(handle, value)
-    monkeypatch.setattr(conv.ADAPTER, "adopt", failing)
+    calls = fail_adopt_at(monkeypatch, 5)
     with pytest.raises(OptStateError):
         import_state(dst, path, optimizer=dst_opt)
     assert len(calls) == 5
@@ -396,15 +402,7 @@ def test_an_import_broken_off_without_rollback_leaves_state_torch_steps_with(tmp
     dst = Pair(8)
     dst_opt = O.Adam(dst.parameters(), lr=0.01)
     made = _creations(monkeypatch)
-    calls = []
-    real = conv.ADAPTER.adopt
-
-    def failing(handle, value):
-        calls.append(handle)
-        if len(calls) == 2:
-            raise RuntimeError("injected failure")
-        real(handle, value)
-    monkeypatch.setattr(conv.ADAPTER, "adopt", failing)
+    calls = fail_adopt_at(monkeypatch, 2)
     with pytest.raises(OptStateError) as e:
         import_state(dst, path, optimizer=dst_opt, rollback=False)
     assert e.value.code == "E_ASSIGN"
@@ -427,15 +425,7 @@ def test_a_rolled_back_fresh_import_leaves_no_state_and_no_waiting_companion(tmp
     _, path = trained_file(tmp_path, Pair(8))
     dst = Pair(8)
     dst_opt = O.Adam(dst.parameters(), lr=0.01)
-    calls = []
-    real = conv.ADAPTER.adopt
-
-    def failing(handle, value):
-        calls.append(handle)
-        if len(calls) == 3:
-            raise RuntimeError("injected failure")
-        real(handle, value)
-    monkeypatch.setattr(conv.ADAPTER, "adopt", failing)
+    calls = fail_adopt_at(monkeypatch, 3)
     with pytest.raises(OptStateError):
         import_state(dst, path, optimizer=dst_opt)
     assert len(dst_opt.state) == 0
