@@ -655,3 +655,57 @@ def test_a_deep_but_valid_nesting_at_the_real_limit():
         nested = [nested]
     assert _header.decode(msgpack.packb({"a": nested}))["a"] == nested
     assert _decode_code(msgpack.packb({"a": [nested]})) == "E_LIMIT"
+
+
+def _repeat(case):
+    t = _tensors()
+    doc = _doc(t)
+    if case == "global":       # named by a global, repeated by a slot
+        doc["weights"][1]["slots"]["m"] = "global:iterations"
+        return doc, t, "global:iterations", "weights[1].slots.m", "global 'iterations'"
+    if case == "slot0":        # by the first weight's slot, repeated by a later value
+        doc["weights"][1]["value"] = "slot:a/k:m"
+        return doc, t, "slot:a/k:m", "weights[1].value", "weights[0].slots.m"
+    if case == "slot1":        # by the second weight's slot, repeated by its value
+        doc["weights"][1]["value"] = "slot:b/k:v"
+        return doc, t, "slot:b/k:v", "weights[1].value", "weights[1].slots.v"
+    # by the first weight's value, repeated by the second's
+    t["value:b/k"] = ("float32", (2, 3))
+    doc = _doc(t)
+    doc["weights"][0]["value"] = "value:b/k"
+    return doc, t, "value:b/k", "weights[1].value", "weights[0].value"
+
+
+@pytest.mark.parametrize("case", ["global", "slot0", "slot1", "value0"])
+def test_a_repeated_reference_says_where_the_tensor_was_first_named(case):
+    """The message of E_DUPLICATE_KEY points at the first naming (a user fixes the file by it)."""
+    doc, t, key, where, named = _repeat(case)
+    e = _code(doc, t)
+    assert (e.code, e.key) == ("E_DUPLICATE_KEY", key)
+    assert e.msg.startswith(f"{where} refers to tensor {key!r}, already named by {named}; ")
+
+
+def test_an_extension_type_is_named_in_the_refusal():
+    with pytest.raises(FormatError) as e:
+        _header.decode(msgpack.packb({"a": msgpack.ExtType(5, b"xy")}))
+    assert e.value.code == "E_HEADER_FORM" and "extension type 5" in e.value.msg
+
+
+@pytest.mark.parametrize("n", [58, 59, 100])
+def test_long_values_are_cut_to_60_characters_in_messages(n):
+    doc = _doc()
+    doc["step"] = "y" * n
+    e = _code(doc)
+    text = repr("y" * n)
+    shown = text if len(text) <= 60 else text[:60] + "..."
+    assert e.code == "E_SCHEMA" and e.msg == f"header.step is str {shown}; expected int."
+
+
+def test_decode_messages_name_the_form_and_the_limit(monkeypatch):
+    with pytest.raises(FormatError) as e:
+        _header.decode(msgpack.packb({"a": [b"xy"]}, use_bin_type=True))
+    assert e.value.msg.startswith("the header document holds a bin (bytes) value b'xy'; ")
+    monkeypatch.setattr(_header, "MAX_DEPTH", 2)
+    with pytest.raises(FormatError) as e:
+        _header.decode(msgpack.packb({"a": [[1]]}))
+    assert e.value.msg == "the header document nests deeper than 2 levels."
