@@ -216,3 +216,29 @@ def test_a_refused_file_is_reported_with_its_path(tmp_path):
     rep = check(p)
     assert (rep.path, rep.valid, rep.code) == (str(p), False, "E_IO")
     assert rep.message == f"cannot open {str(p)!r}: No such file or directory."
+
+
+def test_check_reports_progress_over_every_tensor_byte(tmp_path):
+    p = osf.write(adam_state(n_weights=2, with_values=True), tmp_path / "p.optstate",
+                  fsync=False)
+    seen = []
+    assert check(p, progress=seen.append).valid
+    table, _ = split(p.read_bytes())
+    assert sum(seen) == sum(v["data_offsets"][1] - v["data_offsets"][0] for k, v in
+                            table.items() if k not in ("__metadata__", "optstate:header"))
+
+
+def test_unsigned_scalars_are_not_taken_for_bfloat16_words():
+    assert _check._scalar(np.array(7, np.uint16), "uint16") == 7
+    assert _check._scalar(np.array(200, np.uint8), "uint8") == 200
+    assert _check._scalar(np.array(2 ** 64 - 1, np.uint64), "uint64") == 2 ** 64 - 1
+
+
+def test_global_dtypes_in_the_summary_come_from_the_container(tmp_path, monkeypatch):
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    st = adam_state(n_weights=1)
+    st.globals["scale"] = np.array(1.5, ml_dtypes.bfloat16)
+    p = osf.write(st, tmp_path / "g.optstate", fsync=False)
+    monkeypatch.setattr(osf._dtypes, "_bfloat16_type", lambda: None)
+    got = _check.summary(p)
+    assert got["globals"]["scale"] == {"shape": [], "dtype": "bfloat16", "value": 1.5}

@@ -704,8 +704,212 @@ def test_long_values_are_cut_to_60_characters_in_messages(n):
 def test_decode_messages_name_the_form_and_the_limit(monkeypatch):
     with pytest.raises(FormatError) as e:
         _header.decode(msgpack.packb({"a": [b"xy"]}, use_bin_type=True))
-    assert e.value.msg.startswith("the header document holds a bin (bytes) value b'xy'; ")
+    assert e.value.msg == ("the header document holds a bin (bytes) value b'xy'; only nil, bool, "
+                           "int, float, str, array and map are allowed (spec 4).")
     monkeypatch.setattr(_header, "MAX_DEPTH", 2)
     with pytest.raises(FormatError) as e:
         _header.decode(msgpack.packb({"a": [[1]]}))
     assert e.value.msg == "the header document nests deeper than 2 levels."
+
+
+def test_key_messages_name_the_offending_key():
+    with pytest.raises(FormatError) as e:
+        _header.decode(msgpack.packb({"ok": {7: 1}}))
+    assert e.value.msg == ("a header document map has the key 7 of type int; map keys MUST be "
+                           "msgpack str (spec 4).")
+    # the repeated key is named, not the first key of the map
+    raw = b"\x83\xa1b\x01\xa1a\x02\xa1a\x03"
+    with pytest.raises(FormatError) as e:
+        _header.decode(raw)
+    assert e.value.code == "E_HEADER_FORM" and "repeats the key 'a';" in e.value.msg
+
+
+def test_budget_messages(monkeypatch):
+    raw = msgpack.packb({"a": [1, 2]})
+    monkeypatch.setattr(_header, "MAX_DOC_VALUES", 3)
+    with pytest.raises(FormatError) as e:
+        _header.decode(raw)
+    assert e.value.msg == ("the header document holds more than 3 values (map keys, map values "
+                           "and array items); a reader refuses it before it fills memory.")
+    monkeypatch.setattr(_header, "MAX_DOC_VALUES", 100)
+    monkeypatch.setattr(_header, "MAX_DOC_CONTAINERS", 1)
+    with pytest.raises(FormatError) as e:
+        _header.decode(raw)
+    assert e.value.msg == ("the header document holds more than 1 maps and arrays; a reader "
+                           "refuses it before it fills memory.")
+
+
+def test_table_crc32_encodes_lone_surrogates_in_every_piece():
+    """A JSON key may hold a lone surrogate (an escape such as \\ud800); the form encodes it
+    with surrogatepass, in the first 4096 lines as in the rest."""
+    t = {f"global:g{i:05d}": ("int8", ()) for i in range(4100)}
+    t["global:a\ud800"] = ("int8", ())
+    t["global:z\udfff"] = ("int8", ())
+    form = _form_bytes(t)
+    assert _header.table_crc32(t) == zlib.crc32(form)
+
+
+def _form_bytes(tensors):
+    codes = {name: code for name, (code, _, _) in osf._dtypes.DTYPES.items()}
+    out = []
+    for key in sorted(k for k in tensors if k != HEADER):
+        name, shape = tensors[key][:2]
+        out.append(f"{key}\0{codes.get(name, name)}\0{','.join(map(str, shape))}\n")
+    return "".join(out).encode("utf-8", "surrogatepass")
+
+
+def test_shape_problem_messages():
+    sp = _header.shape_problem
+    assert sp("ab") == ("E_SCHEMA", "a shape is an array of integers, got str")
+    assert sp([1.5, 2]) == ("E_SCHEMA", "shape [1.5, 2] holds something other than integers >= 0")
+    assert sp((2 ** 54,)) == ("E_LIMIT", f"shape [{2 ** 54}] has more than 2^53 elements "
+                              "(counting non-zero dimensions)")
+    assert sp([1] * 65) == ("E_LIMIT", "rank 65 is over the limit of 64")
+
+
+@pytest.mark.parametrize("edit,msg", [
+    (_set("learning_rate", [], "optimizer"), "optimizer.learning_rate is list []; expected dict."),
+    (_set("learning_rate", {"kind": "x" * 70}, "optimizer"),
+     f"optimizer.learning_rate.kind is {repr('x' * 70)[:60]}...; expected one of ['callable', "
+     "'constant', 'schedule'] (spec 4.1), or an empty map."),
+    (_set("learning_rate", {"kind": "constant"}, "optimizer"),
+     "optimizer.learning_rate lacks the required field 'value'."),
+    (_set("algorithm", 3, "optimizer"), "optimizer.algorithm is int 3; expected str."),
+    (_set("algorithm", "", "optimizer"), "optimizer.algorithm is empty."),
+    (_set("module", 3, "optimizer"), "optimizer.module is int 3; expected str."),
+    (_set("table_crc32", "1"), "header.table_crc32 is str '1'; expected int."),
+    (_set("table_crc32", -1), "header.table_crc32 is -1; a crc32 is 0 .. 2^32-1."),
+    (_del("table_crc32"), "header lacks the field 'table_crc32', required in files of version "
+                          "1.2 and later (spec 3.6)."),
+])
+def test_schema_messages_name_the_field(edit, msg):
+    e = _code(_edit(edit), fresh_crc=False)
+    assert e.msg == msg
+
+
+def test_the_table_checksum_message_gives_both_crcs():
+    doc = _doc()
+    right = doc["table_crc32"]
+    doc["table_crc32"] = 0x1234
+    e = _code(doc, fresh_crc=False, cls=IntegrityError)
+    assert e.msg == (f"the container's tensor table (keys, dtypes, shapes) has crc32 {right:08x} "
+                     "but the header document recorded 00001234: a tensor's dtype or shape was "
+                     "changed in the container header after the file was written (or a tensor "
+                     "renamed). Its bytes would be read as something they are not; restore the "
+                     "file from a copy.")
+
+
+def test_decode_error_messages():
+    def msg(raw):
+        with pytest.raises(FormatError) as e:
+            _header.decode(raw)
+        return e.value.msg
+    assert msg(msgpack.packb({"a": 1}) + b"\x01") == (
+        "the header document is followed by extra bytes inside its tensor; it MUST be exactly "
+        "one msgpack map (spec 4).")
+    assert msg(msgpack.packb([1])) == "header document must be a map, got list."
+    # msgpack's own FormatError has no text: the message says so
+    assert msg(b"\xc1") == "header document is not valid msgpack (FormatError: undecodable bytes)."
+    assert msg(b"\x81\xa1a") == ("header document is not valid msgpack (ValueError: Unpack "
+                                  "failed: incomplete input).")
+
+
+@pytest.mark.parametrize("name", sorted(SCHEMA_BREAKS))
+def test_each_schema_message_names_the_field_as_written(name):
+    """Messages name the field by its place in the document (``header.step``,
+    ``optimizer.wrappers[0]``, ``weights[0].hints``), never a placeholder."""
+    e = _code(_edit(SCHEMA_BREAKS[name]))
+    e.msg = e.msg.replace("got None.", "got nothing.")   # a missing checksum, legitimately
+    assert e.msg and "XX" not in e.msg and "None." not in e.msg and "None:" not in e.msg
+    for upper in ("HEADER", "OPTIMIZER", "GLOBAL", "SLOT", "WEIGHTS", " OR ", "NIL"):
+        assert upper not in e.msg, (name, e.msg)
+    assert not e.msg.startswith("None")
+
+
+@pytest.mark.parametrize("edit,start", [
+    (_set("producer", []), "header.producer is list"),
+    (_set("extra", 1, "producer"), "header.producer.extra is int 1; header.producer maps "
+                                   "strings to strings."),
+    (_del("library", "producer"), "header.producer lacks the required field 'library'."),
+    (_set("metadata", {"a": 1}), "header.metadata.a is int 1; header.metadata maps strings to "
+                                 "strings."),
+    (_set("class_name", 1, "optimizer"), "optimizer.class_name is int 1; expected str."),
+    (_set("hyperparameters", [], "optimizer"), "optimizer.hyperparameters is list []"),
+    (_set("wrappers", {}, "optimizer"), "optimizer.wrappers is dict {}"),
+    (_set("wrappers", ["L"], "optimizer"), "optimizer.wrappers[0] is str 'L'; expected dict."),
+    (_set("wrappers", [{"config": {}}], "optimizer"),
+     "optimizer.wrappers[0] lacks the required field 'class_name'."),
+    (_set("wrappers", [{"class_name": "L", "config": 1}], "optimizer"),
+     "optimizer.wrappers[0].config is int 1; expected dict."),
+    (_set("learning_rate", {"kind": "schedule", "class_name": "E"}, "optimizer"),
+     "optimizer.learning_rate lacks the required field 'config'."),
+    (_set("step", -3), "step is -3; it MUST be >= 0."),
+    (_set("checksum", "md5"), "checksum algorithm 'md5' is not supported (expected 'crc32')."),
+    (_set("format", "x"), "header format field is 'x'; it MUST be 'optstate', as the container "
+                          "metadata says."),
+    (_set("version", "1.1"), "header version field '1.1' disagrees with the container metadata "
+                             "(1.2)."),
+    (_w(0, "hints", {"structural": 1}), "weights[0].hints.structural is int 1; expected str or "
+                                        "nil."),
+    (_w(0, "hints", {"layer_class": None}), "weights[0].hints.layer_class is NoneType None; "
+                                            "expected str."),
+    (_w(0, "trainable", 1), "weights[0].trainable is int 1; expected bool."),
+    (_w(0, "slots", {"m": 1, "v": "slot:a/k:v"}), "weights[0].slots.m: a tensor key is a string, "
+                                                  "got int 1."),
+    (_set("iterations", 5, "globals"), "global 'iterations': a tensor key is a string, got int 5."),
+    (_set("slot:gone:m", 1, "checksums"), "the checksum table names tensors the file does not "
+                                          "hold: ['slot:gone:m']."),
+    (_set("slot:a/k:v", "7", "checksums"), "tensor 'slot:a/k:v' has no crc32 (an integer 0 .. "
+                                           "2^32-1) in the checksum table; got '7'."),
+])
+def test_schema_messages_exactly(edit, start):
+    e = _code(_edit(edit))
+    assert e.code == "E_SCHEMA" and e.msg.startswith(start), e.msg
+
+
+def test_components_exactly_when_multi_whatever_the_weights_say():
+    msg = ("optimizer.components must be a non-empty array exactly when the algorithm is "
+           "'multi'.")
+    # multi without components, weights without component fields
+    doc = _multi()
+    del doc["optimizer"]["components"]
+    for w in doc["weights"]:
+        del w["component"]
+    e = _code(doc)
+    assert (e.code, e.msg) == ("E_SCHEMA", msg)
+    # multi with an empty list, and no weights that could fail first
+    doc = _multi()
+    doc["optimizer"]["components"] = []
+    for w in doc["weights"]:
+        del w["component"]
+    assert _code(doc).msg == msg
+    # components without multi, weights without component fields
+    doc = _doc()
+    doc["optimizer"]["components"] = [{"algorithm": "sgd", "class_name": "S"}]
+    assert _code(doc).msg == msg
+
+
+def test_errors_inside_a_weight_carry_its_path():
+    for edit, code in ((_w(0, "slots", {"m": 1, "v": "slot:a/k:v"}), "E_SCHEMA"),
+                       (_w(0, "component", 0), "E_SCHEMA"),
+                       (_w(0, "shape", [-1, 3]), "E_SCHEMA"),
+                       (_w(0, "dtype", "F32"), "E_DTYPE")):
+        e = _code(_edit(edit))
+        assert (e.code, e.path) == (code, "a/k")
+    doc = _multi()
+    doc["weights"][1]["component"] = 7
+    e = _code(doc)
+    assert (e.path, e.msg) == ("b/k", "weights[1].component 7 is not one of the 2 components.")
+
+
+def test_duplicate_path_messages():
+    doc = _doc()
+    doc["weights"][1]["path"] = "a/k"
+    assert _code(doc).msg == ("the canonical path 'a/k' appears twice in the weight table; "
+                              "paths MUST be unique (spec 5.1).")
+    doc = _doc()
+    doc["weights"][0]["path"] = "caf\u00e9"
+    doc["weights"][1]["path"] = "cafe\u0301"
+    assert _code(doc).msg == ("the canonical path 'cafe\u0301' and 'caf\u00e9' are the same "
+                              "path after Unicode NFC normalization in the weight table; paths "
+                              "MUST be unique (spec 5.1).")
