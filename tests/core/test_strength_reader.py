@@ -281,7 +281,27 @@ def test_malformed_container_headers_are_e_container(tmp_path, text):
     '{"a":{"shape":[],"data_offsets":[0,4.0],"dtype":"F32"}}',
 ])
 def test_malformed_offsets_are_e_offsets(tmp_path, text):
-    assert _refused(tmp_path, _table_raw(text, b"\0" * 8)).code == "E_OFFSETS", text
+    e = _refused(tmp_path, _table_raw(text, b"\0" * 8))
+    assert (e.code, e.key) == ("E_OFFSETS", "a"), text
+
+
+@pytest.mark.parametrize("text", [
+    '{"a":{"dtype":"F32","shape":[],"data_offsets":[0,4],"extra":1}}',
+    '{"a":{"dtype":"F32","shape":[]}}',
+    '{"a":{"dtype":4,"shape":[],"data_offsets":[0,4]}}',
+    '{"a":{"dtype":"F32","shape":"x","data_offsets":[0,4]}}',
+    '{"a":{"dtype":"F32","shape":[1.5],"data_offsets":[0,4]}}',
+    '{"a":{"dtype":"F32","dtype":"F32","shape":[],"data_offsets":[0,4]}}',
+    '{"a":{"dtype":"F32","dtype":"F32","shape":[]}}',
+    '{"a":{"shape":[],"dtype":[1],"data_offsets":[0,4]}}',
+    '{"a":{"shape":"x","dtype":"F32","data_offsets":[0,4]}}',
+    '{"a":{"shape":[] "dtype":"F32","data_offsets":[0,4]}}',
+    '{"a":{"shape":[],1:"F32","data_offsets":[0,4]}}',
+    '{"a":[]}', '{"a":{}}',
+])
+def test_entry_errors_name_the_tensor(tmp_path, text):
+    e = _refused(tmp_path, _table_raw(text, b"\0" * 4))
+    assert (e.code, e.key) == ("E_CONTAINER", "a"), (text, e)
 
 
 def test_container_header_not_utf8(tmp_path):
