@@ -643,3 +643,45 @@ def test_foreign_errors_while_reading_become_format_errors(tmp_path, monkeypatch
     with pytest.raises(FormatError) as e:
         _io.read_with_dtypes(p)
     assert e.value.code == code
+
+
+def test_large_multi_dimensional_tensors_read_exactly(tmp_path):
+    """Tensors over 64 KiB are read alone, and from 2 MiB into a buffer aligned for huge pages:
+    both must hold exactly the stored bytes, whatever the tensor's rank and offset."""
+    rng = np.random.default_rng(11)
+    arrays = {"a_small": np.arange(3, dtype=np.int8),                       # odd offset after
+              "b_2d": rng.standard_normal((300, 300)).astype(np.float32),     # 360 KB
+              "c_2mib": rng.standard_normal((512, 1024)).astype(np.float32),  # exactly 2 MiB
+              "d_3d": rng.standard_normal((3, 700, 400)),                     # 6.7 MB, float64
+              "e_bool": rng.random((2100, 1000)) < 0.5}                       # 2.1 MB of BOOL
+    p = _write(tmp_path, globals_file(arrays))
+    for verify in (True, False):
+        st = osf.read(p, verify=verify)
+        for name, arr in arrays.items():
+            got = st.globals[name]
+            assert got.shape == arr.shape and got.dtype == arr.dtype, name
+            assert np.array_equal(got, arr), name
+    raw = _damage(p.read_bytes(), "global:d_3d", 3 * 700 * 400 * 8 - 1)
+    e = _refused(tmp_path, raw, IntegrityError)
+    assert (e.code, e.key) == ("E_CHECKSUM", "global:d_3d")
+
+
+def test_read_with_dtypes_verifies_by_default(tmp_path):
+    raw = _damage(_good(tmp_path), "slot:layer_0/kernel:v", 5)
+    p = _write(tmp_path, raw)
+    with pytest.raises(IntegrityError) as e:
+        _io.read_with_dtypes(p)
+    assert e.value.key == "slot:layer_0/kernel:v"
+    st, _ = _io.read_with_dtypes(p, verify=False)
+    assert st.weights[0].slots["v"].shape == (2, 3)
+
+
+def test_element_limit_boundaries_of_the_table(tmp_path):
+    # 2^53 elements is allowed: a U8 tensor that big is refused for its missing bytes
+    e = _refused(tmp_path, _one("U8", [2 ** 53], [0, 2 ** 53], 0))
+    assert (e.code, e.key) == ("E_TRUNCATED", "global:x")
+    e = _refused(tmp_path, _one("U8", [2 ** 53 + 1], [0, 2 ** 53 + 1], 0))
+    assert (e.code, e.key) == ("E_LIMIT", "global:x")
+    # a zero-element tensor whose other dimensions multiply to exactly 2^53 is not refused by
+    # the limit (it fails later, on the missing header tensor)
+    assert _refused(tmp_path, _one("U8", [0, 2 ** 53], [0, 0], 0)).code == "E_NOT_OPTSTATE"
