@@ -16,6 +16,7 @@ keras = pytest.importorskip("keras")
 pytest.importorskip("jax")
 
 import optstate_format as osf  # noqa: E402
+from keras_models import import_into_two_dense  # noqa: E402
 
 pytestmark = pytest.mark.framework
 WORKER = Path(__file__).resolve().parent / "archive_mp_worker.py"
@@ -68,21 +69,6 @@ def _check_against(st, want):
     return n
 
 
-def _import_single_process(archive, want):
-    inp = keras.Input((8,), name="x")
-    out = keras.layers.Dense(4, name="d2")(keras.layers.Dense(16, name="d1")(inp))
-    model = keras.Model(inp, out)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=0.01), loss="mse")
-    report = osf.import_state(model, archive, include_weights=True)
-    assert report.ok and len(report.matched) == 4
-    opt = model.optimizer
-    for var in model.trainable_variables:
-        k = opt._get_variable_index(var)
-        np.testing.assert_array_equal(np.asarray(opt._momentums[k].numpy()),
-                                      want[f"{var.path}|m"])
-        np.testing.assert_array_equal(np.asarray(var.numpy()), want[f"{var.path}|value"])
-
-
 def test_data_parallel_two_processes_write_replicated_state_once(tmp_path):
     archive, want = _export(tmp_path, "dp")
     st = osf.read(archive)
@@ -91,7 +77,7 @@ def test_data_parallel_two_processes_write_replicated_state_once(tmp_path):
     assert "pieces" not in doc["archive"]
     assert all("-p00000-" in f for f in doc["archive"]["files"])  # replicas: process 0 only
     assert osf.check(archive).valid
-    _import_single_process(archive, want)
+    import_into_two_dense(archive, want)
 
 
 def test_model_parallel_each_process_writes_its_half_of_the_split_kernel(tmp_path):
@@ -107,7 +93,7 @@ def test_model_parallel_each_process_writes_its_half_of_the_split_kernel(tmp_pat
         assert "-p00000-" in parts[0]["file"] and "-p00001-" in parts[1]["file"]
     assert "slot:d2/kernel:m" in doc["archive"]["shards"]  # replicated: whole, once
     assert osf.check(archive).valid
-    _import_single_process(archive, want)
+    import_into_two_dense(archive, want)
 
 
 def test_saved_by_two_processes_imported_in_other_layouts_and_process_counts(tmp_path):

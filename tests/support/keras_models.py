@@ -79,3 +79,28 @@ class Subclassed(keras.Model):
 
     def call(self, x):
         return self.head(self.encoder(x))
+
+
+def import_into_two_dense(archive, want):
+    """A fresh Dense(16) -> Dense(4) model (input 8, Adam) imports ``archive`` with its
+    weights in this process; every weight, m and v must equal ``want`` (keyed
+    ``<path>|value``, ``|m``, ``|v``). Returns the model (the archive tests of several
+    processes use it)."""
+    import numpy as np
+
+    import optstate_format as osf
+    inp = keras.Input((8,), name="x")
+    out = keras.layers.Dense(4, name="d2")(keras.layers.Dense(16, name="d1")(inp))
+    model = keras.Model(inp, out)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=0.01), loss="mse")
+    report = osf.import_state(model, archive, include_weights=True)
+    assert report.ok and len(report.matched) == 4
+    opt = model.optimizer
+    for var in model.trainable_variables:
+        k = opt._get_variable_index(var)
+        np.testing.assert_array_equal(np.asarray(var.numpy()), want[f"{var.path}|value"])
+        np.testing.assert_array_equal(np.asarray(opt._momentums[k].numpy()),
+                                      want[f"{var.path}|m"])
+        np.testing.assert_array_equal(np.asarray(opt._velocities[k].numpy()),
+                                      want[f"{var.path}|v"])
+    return model
