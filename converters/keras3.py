@@ -20,7 +20,7 @@ from optstate_format import _registry
 from optstate_format._errors import FormatError, UnsupportedError
 from optstate_format._io import read
 from optstate_format._state import OptimizerInfo, OptimizerState
-from optstate_format.adapter import OptimizerDescription
+from optstate_format.adapter import OptimizerDescription, Regions, box_of
 
 from ._keras_graph import KerasAdapter, dtype_name, generic_or, tf_adopt
 from ._keras_tables import KERAS3
@@ -126,7 +126,25 @@ class Keras3Adapter(KerasAdapter):
             return inner
         return None
 
+    def local_boxes(self, var):
+        """The regions of ``var`` this process's devices hold, when it is spread over several
+        processes (Keras 3 on JAX under ``jax.distributed``); None when this process holds
+        all of it (adapter protocol, spec 14.11)."""
+        value = getattr(var, "value", None)
+        if getattr(value, "is_fully_addressable", True) is not False:
+            return None
+        shape = tuple(int(d) for d in value.shape)
+        boxes = {box_of(index, shape)
+                 for index in value.sharding.addressable_devices_indices_map(shape).values()}
+        whole = ((0,) * len(shape), shape)
+        return None if whole in boxes else sorted(boxes)
+
     def assign(self, var, value):
+        if isinstance(value, Regions):  # only for a variable local_boxes split
+            import jax
+            value = jax.make_array_from_callback(value.shape, var.value.sharding, value.box)
+            var.assign(value)
+            return
         inner = self._tf_variable(var)
         if inner is not None:
             # The backend's TensorFlow variable, directly: the plan already checked shape

@@ -10,15 +10,18 @@ optimizer and moves arrays; everything else happens here, once::
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
-from . import _journal
-from ._archive import Sourced
-from ._errors import UnsupportedError
+from . import _dtypes, _io, _journal
+from ._archive import Sourced, processes
+from ._errors import (FormatError, IntegrityError, MatchError, OptStateError, StorageError,
+                      UnsupportedError, VersionError)
 from ._identity import describe_identities
 from ._io import read, write
 from ._match import plan_import
-from ._state import OptimizerState, WeightEntry
+from ._state import OptimizerState, Regions, WeightEntry
 from .adapter import Adapter, ModelDescription, OptimizerDescription, Variable
 
 
@@ -143,29 +146,133 @@ def apply_state(model, state: OptimizerState, *, optimizer=None, strict=True, ma
                   owned=False)
 
 
-def _apply(model, state, *, optimizer, strict, mapping, include_weights, rollback, resize,
-           owned):
-    """``apply_state``; ``owned``: ``state``'s arrays are ours alone (read or copied here,
-    dropped afterwards), so an adapter may adopt them rather than copy them."""
-    adapter = adapter_for(model)
+def _plan(adapter, model, state, *, optimizer, strict, mapping, include_weights, resize):
+    """Describe the target and plan ``state`` against it: (report, assignments)."""
     desc, opt = _describe(adapter, model, optimizer, create=True)
     ids = identities(desc)
     target = build_state(desc, opt, wrap=lambda v: v, include_weights=False, all_weights=True,
                          ids=ids)
     target.producer["framework"] = getattr(adapter, "framework", "")
-    report, assignments = plan_import(state, target, mapping=mapping, strict=strict,
-                                      include_weights=include_weights, resize=resize,
-                                      identities=ids, read=lambda v: adapter.read(v.handle))
+    return plan_import(state, target, mapping=mapping, strict=strict,
+                       include_weights=include_weights, resize=resize,
+                       identities=ids, read=lambda v: adapter.read(v.handle))
+
+
+def _apply(model, state, *, optimizer, strict, mapping, include_weights, rollback, resize,
+           owned):
+    """``apply_state``; ``owned``: ``state``'s arrays are ours alone (read or copied here,
+    dropped afterwards), so an adapter may adopt them rather than copy them."""
+    adapter = adapter_for(model)
+    report, assignments = _plan(adapter, model, state, optimizer=optimizer, strict=strict,
+                                mapping=mapping, include_weights=include_weights, resize=resize)
     report.assigned = _journal.apply(adapter, assignments, rollback=rollback, owned=owned)
     return report
 
 
 def import_state(model, path, *, optimizer=None, strict=True, mapping=None,
                  include_weights=False, rollback=True, resize=None):
+    procs = processes()
+    if procs is not None and getattr(procs, "collective_import", False):
+        return _import_collective(model, path, procs, optimizer=optimizer, strict=strict,
+                                  mapping=mapping, include_weights=include_weights,
+                                  rollback=rollback, resize=resize)
     state = read(path, verify=True)
     return _apply(model, state, optimizer=optimizer, strict=strict, mapping=mapping,
                   include_weights=include_weights, rollback=rollback, resize=resize,
                   owned=True)
+
+
+# ----------------------------------------------------------------------------- many processes
+
+_ERRORS = {cls.__name__: cls for cls in (OptStateError, FormatError, IntegrityError,
+                                         MatchError, StorageError, UnsupportedError,
+                                         VersionError)}
+
+
+def _told(e) -> dict:
+    """What a process tells the others of its failure (bounded: a gathered row is 8 KiB)."""
+    def cut(text, n):
+        return None if text is None else str(text)[:n]
+    if isinstance(e, OptStateError):
+        return {"class": type(e).__name__, "code": e.code, "msg": cut(e.msg, 600),
+                "key": cut(e.key, 200), "path": cut(e.path, 200)}
+    return {"class": "OptStateError", "code": "E_ASSIGN",
+            "msg": cut(f"{type(e).__name__}: {e}", 600), "key": None, "path": None}
+
+
+def _agree(procs, ident, failure, after=False):
+    """Every process's outcome of one phase (reading and planning; or, ``after``, the
+    assignments), gathered; raise if any process failed. ``failure``: this process's own
+    exception (re-raised as it is), or None."""
+    mine = {"ident": ident, "error": _told(failure) if failure is not None else None}
+    rows = [json.loads(r) for r in procs.gather(json.dumps(mine))]
+    if failure is not None:
+        raise failure
+    for i, row in enumerate(rows):
+        e = row["error"]
+        if e:
+            cls = _ERRORS.get(e["class"], OptStateError)
+            said = (f"process {i} of {procs.count} failed ({e['msg']}); " +
+                    ("every process restores what it assigned." if after else
+                     "no process assigned anything."))
+            err = cls(said, code=e["code"], path=e["path"])
+            err.key = e["key"]
+            raise err
+    idents = sorted({str(row["ident"]) for row in rows})
+    if len(idents) > 1:
+        raise FormatError(f"the processes opened different exports ({', '.join(idents)}): the "
+                          "file was replaced during the import. Nothing was assigned; import "
+                          "again.", code="E_ARCHIVE_MISMATCH")
+
+
+def _import_collective(model, path, procs, *, optimizer, strict, mapping, include_weights,
+                       rollback, resize):
+    """``import_state`` called by every process of a job (spec 14.11): each process reads
+    only the regions its devices hold of each variable its adapter splits
+    (``local_boxes``), and whole tensors otherwise; the processes agree before the first
+    assignment (a file damaged for one fails all) and after the last (an assignment that
+    fails in one rolls every process back)."""
+    adapter = adapter_for(model)
+    boxes_of = getattr(adapter, "local_boxes", None)
+    failure, ident, report, assignments = None, None, None, []
+    try:
+        with _io.Lazy(path) as lazy:
+            ident = lazy.ident
+            state = lazy.state()
+            report, planned = _plan(adapter, model, state, optimizer=optimizer, strict=strict,
+                                    mapping=mapping, include_weights=include_weights,
+                                    resize=resize)
+            wanted = {}
+            for var, value in planned:
+                if isinstance(value, _io.Stored):
+                    boxes = boxes_of(var.handle) if boxes_of is not None else None
+                    if boxes is not None and wanted.get(value.key, []) is not None:
+                        wanted[value.key] = sorted(set(wanted.get(value.key, [])) | set(boxes))
+                    else:
+                        wanted[value.key] = None
+            got = lazy.read(wanted)
+            for var, value in planned:
+                if isinstance(value, _io.Stored):
+                    value_read = got[value.key]
+                    if value.note is not None:
+                        _note_read_nonfinite(report, value_read, value.note)
+                    value = value_read
+                assignments.append((var, value))
+            report.bytes_read = lazy.bytes_read
+    except Exception as e:  # noqa: BLE001 - told to the others, then raised here
+        failure = e
+    _agree(procs, ident, failure)
+    report.assigned = _journal.apply(adapter, assignments, rollback=rollback, owned=True,
+                                     agree=lambda failure: _agree(procs, ident, failure, True))
+    return report
+
+
+def _note_read_nonfinite(report, value, what):
+    arrays = value.boxes.values() if isinstance(value, Regions) else (value,)
+    bad = sum(_dtypes.count_nonfinite(a) for a in arrays)
+    if bad:
+        where = " in this process's regions" if isinstance(value, Regions) else ""
+        report.notes.append(f"{what}: {bad} NaN/Inf value(s){where}, imported as they are")
 
 
 def transfer_state(src_model, dst_model, *, src_optimizer=None, optimizer=None, strict=True,

@@ -50,7 +50,7 @@ import numpy as np
 from . import _dtypes, _header, _io
 from ._errors import FormatError, IntegrityError, OptStateError, StorageError, UnsupportedError
 from ._paths import HEADER_KEY
-from ._state import LazyTensor
+from ._state import LazyTensor, Regions
 from ._versions import CURRENT_VERSION, parse_version
 
 INDEX_NAME = "optstate-index.safetensors"
@@ -823,7 +823,57 @@ class Archive:
             return False
         return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) != self.index_ident
 
-    def _read_all(self, verify, progress=None):
+    def read_regions(self, wanted, verify, counted=0):
+        """({key: array or Regions}, bytes read so far) for ``wanted`` {key: None (whole) or
+        [(start, stop), ...]}: only the stored tensors and pieces a region touches are read,
+        each whole and verified (spec 14.11). No retry when the archive is replaced: the
+        import planned against the export it opened, and fails (``E_ARCHIVE_MISSING`` or
+        ``E_ARCHIVE_MISMATCH``) rather than combine two."""
+        need = set()
+        for key, boxes in wanted.items():
+            if key not in self.pieces:
+                need.add(key)
+                continue
+            for _, skey, start, stop, _ in self.pieces[key][2]:
+                if boxes is None or any(_meets(box, start, stop) for box in boxes):
+                    need.add(skey)
+        arrays = self._read_all(verify, keys=need)
+        counted += sum(int(np.asarray(a).nbytes) for a in arrays.values())
+        out = {}
+        for key, boxes in wanted.items():
+            if key not in self.pieces:
+                arr = arrays.pop(key)
+                out[key] = arr if boxes is None else Regions(
+                    arr.shape, self.tensors[key][0],
+                    {box: arr[tuple(slice(a, b) for a, b in zip(*box))] for box in boxes})
+                continue
+            dtype, shape, parts = self.pieces[key]
+            regions = [((0,) * len(shape), shape)] if boxes is None else list(boxes)
+            filled = {}
+            for start, stop in regions:
+                if (start, stop) in filled:
+                    continue
+                arr = None
+                for _, skey, a, b, _ in parts:
+                    if skey not in arrays or not _meets((start, stop), a, b):
+                        continue
+                    piece = arrays[skey]
+                    if arr is None:
+                        bshape = tuple(t - s for s, t in zip(start, stop))
+                        arr = _io._new_array(bshape, piece.dtype,
+                                             math.prod(bshape) * piece.dtype.itemsize)
+                    lo = [max(s, x) for s, x in zip(start, a)]
+                    hi = [min(t, y) for t, y in zip(stop, b)]
+                    arr[tuple(slice(x - s, y - s) for x, y, s in zip(lo, hi, start))] = \
+                        piece[tuple(slice(x - p, y - p) for x, y, p in zip(lo, hi, a))]
+                filled[(start, stop)] = arr
+            if boxes is None:
+                out[key] = filled[regions[0]]
+            else:
+                out[key] = Regions(shape, dtype, filled)
+        return out, counted
+
+    def _read_all(self, verify, progress=None, keys=None):
         def one(part):
             name = part.name
             part.file = self._member(name, f"shard {name!r} of the archive {self.path!r} was "
@@ -833,7 +883,8 @@ class Archive:
                 if part.file.ident != part.ident:
                     _fail(f"shard {name!r} changed while the archive was read; read it again.",
                           "E_ARCHIVE_MISMATCH")
-                return part.read_all(verify, progress, parallel=not side_by_side)
+                return part.read_all(verify, progress, parallel=not side_by_side,
+                                     keys=None if keys is None else wanted[part.name])
             except IntegrityError as e:
                 if e.code != "E_CHECKSUM":
                     raise
@@ -844,15 +895,21 @@ class Archive:
                 part.file.close()
 
         arrays = {}
-        total = sum(part.data_len for part in self.parts)
+        parts = self.parts
+        if keys is not None:  # only the shards that hold a key asked for
+            wanted = {part.name: [k for k in part.tensors if k in keys] for part in parts}
+            parts = [part for part in parts if wanted[part.name]]
+        total = sum(part.data_len for part in parts)
         # shards read and checksummed side by side, each in one thread; a single shard
         # uses the threads of its own reader
-        side_by_side = (verify and len(self.parts) > 1 and (os.cpu_count() or 1) > 1
+        side_by_side = (verify and len(parts) > 1 and (os.cpu_count() or 1) > 1
                         and total >= _io._PARALLEL_VERIFY_BYTES)
-        for got in _io.run_jobs(one, self.parts, side_by_side):
+        for got in _io.run_jobs(one, parts, side_by_side):
             arrays.update(got)
-        self.finite = {k for part in self.parts for k in part.finite
+        self.finite = {k for part in parts for k in part.finite
                        if k in self.tensors and k not in self.pieces}
+        if keys is not None:
+            return arrays  # pieces as stored: read_regions assembles what it needs
         for key, (dtype, shape, parts) in self.pieces.items():  # assemble (spec 14.9)
             whole = None
             for _, skey, start, stop, _ in parts:
@@ -864,6 +921,12 @@ class Archive:
                 del piece
             arrays[key] = whole
         return arrays
+
+
+def _meets(box, start, stop):
+    """Whether the region ``box`` ((start, stop)) and the piece [start, stop) share an
+    element."""
+    return all(a < y and x < b for a, b, x, y in zip(box[0], box[1], start, stop))
 
 
 def is_archive(path) -> bool:
@@ -902,6 +965,9 @@ class _JaxProcesses:
     from all, through JAX's own collectives (which are also the barriers)."""
 
     SIZE = 8192
+    # every process of the job calls import_state (its variables span the processes): the
+    # import reads only each process's regions and the processes agree (spec 14.11)
+    collective_import = True
 
     def __init__(self, jax):
         from jax.experimental import multihost_utils

@@ -34,7 +34,7 @@ import numpy as np
 from . import _dtypes, _header
 from ._errors import FormatError, IntegrityError, OptStateError, StorageError, VersionError
 from ._paths import HEADER_KEY, global_key, slot_key, value_key
-from ._state import LazyTensor, OptimizerInfo, OptimizerState, WeightEntry
+from ._state import LazyTensor, OptimizerInfo, OptimizerState, Regions, WeightEntry
 from ._versions import CURRENT_VERSION, FORMAT_ID, LIBRARY_VERSION, parse_version
 
 try:
@@ -917,11 +917,12 @@ class _Container:
             out.append((key, self._finish(key, name, arr, False) if name == "bool" else arr))
         return out
 
-    def read_all(self, verify, progress=None, parallel=True):
-        """Every tensor, verified; in threads from _PARALLEL_VERIFY_BYTES unless
-        ``parallel`` is False (a caller that runs several of these side by side)."""
-        keys = sorted((k for k in self.tensors if k != HEADER_KEY),
-                      key=lambda k: self.tensors[k][2])
+    def read_all(self, verify, progress=None, parallel=True, keys=None):
+        """Every tensor (or those of ``keys``), verified; in threads from
+        _PARALLEL_VERIFY_BYTES unless ``parallel`` is False (a caller that runs several of
+        these side by side)."""
+        keys = sorted((k for k in (self.tensors if keys is None else keys)
+                       if k != HEADER_KEY), key=lambda k: self.tensors[k][2])
         jobs, run, run_begin, run_end = [], [], 0, 0
         for key in keys:
             _, _, start, end = self.tensors[key]
@@ -945,8 +946,8 @@ class _Container:
             if progress is not None:
                 progress(sum(self.tensors[k][3] - self.tensors[k][2] for k, _ in part))
             return part
-        parts = run_jobs(work, jobs, parallel and verify
-                         and self.data_len >= _PARALLEL_VERIFY_BYTES)
+        size = sum(self.tensors[k][3] - self.tensors[k][2] for k in keys)
+        parts = run_jobs(work, jobs, parallel and verify and size >= _PARALLEL_VERIFY_BYTES)
         return {key: arr for part in parts for key, arr in part}
 
 
@@ -991,7 +992,18 @@ def _read(path, verify, progress=None, with_dtypes=False):
         arrays = cont.read_all(verify, progress)
     finally:
         cont.file.close()
-    doc, version = cont.doc, cont.version
+    state = _state_of(cont.doc, cont.version, arrays)
+    # ids of the arrays proven free of NaN/Inf while read: the import's NaN/Inf notes and
+    # check's warnings skip a second pass over them (the state holds them: ids stay unique)
+    state._proven_finite = frozenset(id(arrays[k]) for k in getattr(cont, "finite", ()))
+    if with_dtypes:
+        return state, {key: entry[0] for key, entry in cont.tensors.items()}
+    return state
+
+
+def _state_of(doc, version, arrays):
+    """The :class:`OptimizerState` of a validated header document; ``arrays`` maps its
+    tensor keys to what the state holds (arrays, or :class:`Stored` not read yet)."""
     opt = doc["optimizer"]
     info = OptimizerInfo(algorithm=opt["algorithm"], class_name=opt["class_name"],
                          module=opt.get("module", ""),
@@ -1011,12 +1023,91 @@ def _read(path, verify, progress=None, with_dtypes=False):
         globals={k: arrays[v] for k, v in doc["globals"].items()},
         producer=doc["producer"], metadata=doc.get("metadata", {}),
         version=f"{version[0]}.{version[1]}")
-    # ids of the arrays proven free of NaN/Inf while read: the import's NaN/Inf notes and
-    # check's warnings skip a second pass over them (the state holds them: ids stay unique)
-    state._proven_finite = frozenset(id(arrays[k]) for k in getattr(cont, "finite", ()))
-    if with_dtypes:
-        return state, {key: entry[0] for key, entry in cont.tensors.items()}
     return state
+
+
+class Stored(LazyTensor):
+    """A tensor of an opened file, described by its validated header and not read yet
+    (:class:`Lazy`). ``np.asarray`` reads it whole, verified; an import that knows which
+    regions a process needs reads only those (:meth:`Lazy.read`). ``note``: what the
+    import's NaN/Inf note calls it, counted once it is read."""
+
+    __slots__ = ("key", "note")
+
+    def __init__(self, key, shape, dtype, fetch):
+        super().__init__(shape, dtype, fetch)
+        self.key, self.note = key, None
+
+
+class Lazy:
+    """A file or archive opened for an import that reads only what it assigns (spec 14.11):
+    the container header, the index and every shard's header are validated on opening, as
+    :func:`read` does; :meth:`state` describes the tensors as :class:`Stored`, and
+    :meth:`read` reads the tensors, or the regions of tensors, a plan asks for. ``ident``
+    names the export that was opened (two processes that opened different exports must not
+    combine them)."""
+
+    def __init__(self, path):
+        self.cont = _guarded(_open, path)
+        self.whole = {}   # key -> array, read whole on demand (a conversion, a resize)
+        self.bytes_read = 0
+        cont = self.cont
+        if hasattr(cont, "generation"):
+            self.ident = f"archive {cont.generation}"
+        else:
+            self.ident = f"file {cont.metadata.get(META_HEADER_CRC)} {cont.file.size}"
+
+    def close(self):
+        self.cont.file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def _entry(self, key):
+        name, shape = self.cont.tensors[key][:2]
+        return name, tuple(int(d) for d in shape)
+
+    def state(self) -> OptimizerState:
+        keys = {k for k in self.cont.tensors if k != HEADER_KEY}
+        stored = {}
+        for key in keys:
+            name, shape = self._entry(key)
+            stored[key] = Stored(key, shape, name, lambda key=key: self._fetch(key))
+        return _state_of(self.cont.doc, self.cont.version, stored)
+
+    def _fetch(self, key):
+        if key not in self.whole:
+            self.whole[key] = self.read({key: None})[key]
+        return self.whole[key]
+
+    def read(self, wanted, *, verify=True):
+        """{key: array} for ``wanted`` {key: None}: whole tensors; {key: Regions} for
+        {key: [(start, stop), ...]}: the regions only. Of an archive, only the stored
+        pieces (or whole tensors) a region touches are read, each whole and verified (a
+        crc32 covers a stored piece, not a part of it)."""
+        done = {k: self.whole[k] for k, boxes in wanted.items()
+                if boxes is None and k in self.whole}  # read whole while planning
+        rest = {k: boxes for k, boxes in wanted.items() if k not in done}
+        return {**done, **(_guarded(self._read, rest, verify) if rest else {})}
+
+    def _read(self, wanted, verify):
+        cont = self.cont
+        if hasattr(cont, "read_regions"):
+            out, self.bytes_read = cont.read_regions(wanted, verify, self.bytes_read)
+            return out
+        arrays = cont.read_all(verify, keys=list(wanted))
+        self.bytes_read += sum(cont.tensors[k][3] - cont.tensors[k][2] for k in wanted)
+        out = {}
+        for key, boxes in wanted.items():
+            arr = arrays[key]
+            out[key] = arr if boxes is None else Regions(
+                arr.shape, cont.tensors[key][0],
+                {box: arr[tuple(slice(a, b) for a, b in zip(*box))] for box in boxes})
+        return out
 
 
 def read(path, *, verify: bool = True, progress=None) -> OptimizerState:

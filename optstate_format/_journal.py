@@ -138,7 +138,8 @@ def _memory_owner(arr):
     return arr
 
 
-def apply(adapter, assignments, *, rollback: bool = True, owned: bool = False) -> int:
+def apply(adapter, assignments, *, rollback: bool = True, owned: bool = False,
+          agree=None) -> int:
     """Make every assignment (variable, shape, array) through ``adapter``, all or nothing.
 
     Returns the number assigned. On any failure, or an interrupt, every variable
@@ -150,11 +151,14 @@ def apply(adapter, assignments, *, rollback: bool = True, owned: bool = False) -
     import's private arrays); an adapter with ``adopt`` may keep each one as the variable's
     memory. Arrays sharing memory (one listed twice, or two views of one buffer) are
     adopted once at most: the others are assigned (copied), so no two variables alias.
+    ``agree(failure)``: for an import made by every process of a job, called once, after
+    the last assignment (``failure`` None) or on a failure (the exception): it tells the
+    other processes and raises when any of them failed, which rolls this one back too.
     """
     finish = getattr(adapter, "finish", None)
     done = False
     try:
-        count = _apply(adapter, assignments, rollback, owned)
+        count = _apply(adapter, assignments, rollback, owned, agree)
         done = True
         return count
     finally:
@@ -174,17 +178,19 @@ def _finish(finish, raising):
                                 "optimizer and import again.", code="E_ASSIGN") from e
 
 
-def _apply(adapter, assignments, rollback, owned):
+def _apply(adapter, assignments, rollback, owned, agree=None):
     journal = []
     done = 0
     adopt = getattr(adapter, "adopt", None) if owned else None
     given = set()
+    told = agree is None
     with _HeldInterrupts() as held:
         try:
             for var, arr in assignments:
                 if rollback:
                     journal.append((var.handle, _entry(adapter, var.handle, var.shape)))
-                owner = _memory_owner(arr) if adopt is not None else None
+                owner = (_memory_owner(arr) if adopt is not None
+                         and isinstance(arr, np.ndarray) else None)
                 if owner is not None and id(owner) not in given:
                     given.add(id(owner))
                     adopt(var.handle, arr)
@@ -193,7 +199,16 @@ def _apply(adapter, assignments, rollback, owned):
                 done += 1
                 if held.arrived:
                     raise KeyboardInterrupt
+            if not told:
+                told = True
+                agree(None)
         except BaseException as e:
+            if not told:  # the others learn of this failure before anything else
+                told = True
+                try:
+                    agree(e)
+                except BaseException:  # noqa: BLE001 - it raises e (or fails to tell)
+                    pass
             if not rollback:
                 raise OptStateError(
                     f"assigning a variable failed ({type(e).__name__}: {e}) after "

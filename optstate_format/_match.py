@@ -18,6 +18,7 @@ import numpy as np
 from . import _dtypes, _registry
 from ._errors import MatchError
 from ._identity import chain, generated_rank, is_generated_weight_name
+from ._io import Stored
 
 @dataclass
 class Problem:
@@ -46,6 +47,9 @@ class ImportReport:
     notes: list = field(default_factory=list)
     resized: list = field(default_factory=list)  # (file path, model path, file shape, shape)
     assigned: int = 0
+    # tensor bytes this process read from the file, set by an import made by every process
+    # of a job, which reads only what this process assigns (spec 14.11); None otherwise
+    bytes_read: int | None = None
 
     @property
     def problems(self):
@@ -484,6 +488,9 @@ def _fits(arr, dst: str) -> bool:
 
 def _note_nonfinite(report, arr, what, proven=frozenset()):
     """Note NaN/Inf values in ``arr``; ``proven``: ids of arrays the reader found finite."""
+    if isinstance(arr, Stored):  # a tensor not read yet: counted once read (spec 14.11)
+        arr.note = what
+        return
     bad = _dtypes.count_nonfinite(arr, proven)
     if bad:
         report.notes.append(f"{what}: {bad} NaN/Inf value(s), imported as they are")

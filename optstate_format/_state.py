@@ -100,3 +100,56 @@ class OptimizerState:
     @property
     def paths(self):
         return [w.path for w in self.weights]
+
+
+def box_of(index, shape):
+    """``(start, stop)`` tuples of a region given as a tuple of slices (step 1), as JAX
+    names a device's part of an array.
+
+    >>> box_of((slice(None), slice(4, 8)), (3, 8))
+    ((0, 4), (3, 8))
+    """
+    index = tuple(index) + (slice(None),) * (len(shape) - len(tuple(index)))
+    bounds = []
+    for sl, n in zip(index, shape):
+        a, b, step = sl.indices(n)
+        if step != 1:
+            raise ValueError(f"a region is a box of step 1; received {index}")
+        bounds.append((a, max(a, b)))
+    return tuple(b[0] for b in bounds), tuple(b[1] for b in bounds)
+
+
+class Regions:
+    """Some regions of a tensor, read from a file and verified: the parts of a variable
+    this process holds when the variable is split over several processes (spec 14.11).
+
+    ``shape`` and ``dtype`` are the whole tensor's; ``boxes`` maps ``(start, stop)`` tuples
+    to the arrays of those regions. :meth:`box` gives the array of any region inside one of
+    them, as a view. An adapter receives a ``Regions`` in ``assign`` only for a variable its
+    ``local_boxes`` split (adapter protocol).
+
+    >>> r = Regions((2, 4), "float32", {((0, 2), (2, 4)): np.ones((2, 2), np.float32)})
+    >>> r.box((slice(None), slice(2, 4))).shape, r.box((slice(0, 1), slice(3, 4))).tolist()
+    ((2, 2), [[1.0]])
+    """
+
+    __slots__ = ("shape", "dtype", "boxes")
+
+    def __init__(self, shape, dtype: str, boxes: dict):
+        self.shape = tuple(int(d) for d in shape)
+        self.dtype = dtype
+        self.boxes = boxes
+
+    def box(self, index) -> np.ndarray:
+        start, stop = box_of(index, self.shape)
+        got = self.boxes.get((start, stop))
+        if got is not None:
+            return got
+        for (a, b), arr in self.boxes.items():
+            if all(a0 <= s and t <= b0 for a0, b0, s, t in zip(a, b, start, stop)):
+                return arr[tuple(slice(s - a0, t - a0) for a0, s, t in zip(a, start, stop))]
+        raise KeyError(f"the region {list(start)}..{list(stop)} of a {list(self.shape)} tensor "
+                       "was not read in this process")
+
+    def __array__(self, dtype=None, copy=None):
+        raise TypeError("Regions holds only some regions of a tensor; use box(index)")

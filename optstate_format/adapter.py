@@ -32,7 +32,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from ._identity import Graph
-from ._state import OptimizerInfo
+from ._state import OptimizerInfo, Regions, box_of  # noqa: F401 - part of the protocol
 
 
 class _Absent:
@@ -168,6 +168,14 @@ class Adapter(Protocol):
     # that put off work an assignment might make unnecessary (torch: creating the companion
     # state a later assignment replaces) does it here. It must leave every variable
     # usable by the framework and never raise for state a rollback already removed.
+
+    # Optional: ``local_boxes(handle)``. For a variable spread over the processes of a job
+    # (``jax.distributed``): the regions this process's devices hold, as a list of
+    # ``(start, stop)`` tuples (:func:`box_of` turns a tuple of slices into one), or None when
+    # this process holds all of it. An import made by every process of the job (spec 14.11)
+    # then reads only those regions of the file and hands ``assign`` a :class:`Regions`
+    # (``value.box(index)`` gives each region as an array) instead of an ndarray. An
+    # adapter without it, or returning None, always gets whole arrays.
 
     def snapshot(self, handle):
         """The current value, unaffected by later assignments, or :data:`ABSENT`."""

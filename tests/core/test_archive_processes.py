@@ -4,57 +4,13 @@ their addressable pieces as JAX's do (index, replica_id, data)."""
 
 import os
 import sys
-import threading
 
 import numpy as np
 import pytest
 
 import optstate_format as osf
 from optstate_format import _archive
-
-
-class Hub:
-    def __init__(self, n):
-        self.barrier = threading.Barrier(n, timeout=30)
-        self.value, self.rows = None, [None] * n
-
-
-class Procs:
-    def __init__(self, hub, index, count):
-        self.hub, self.index, self.count = hub, index, count
-
-    def broadcast(self, text):
-        if self.index == 0:
-            self.hub.value = text
-        self.hub.barrier.wait()
-        out = self.hub.value
-        self.hub.barrier.wait()
-        return out
-
-    def gather(self, text):
-        self.hub.rows[self.index] = text
-        self.hub.barrier.wait()
-        out = list(self.hub.rows)
-        self.hub.barrier.wait()
-        return out
-
-
-class Shard:
-    def __init__(self, index, replica_id, data):
-        self.index, self.replica_id = index, replica_id
-        self.__dict__["data"] = data
-
-
-class Arr:
-    is_fully_addressable = False
-
-    def __init__(self, shards):
-        self.addressable_shards = shards
-
-
-class Handle:
-    def __init__(self, value):
-        self.value = value
+from fake_processes import Arr, Handle, Shard, run_processes
 
 
 KERNEL = np.arange(4 * 8, dtype=np.float32).reshape(4, 8)
@@ -97,21 +53,8 @@ def _state(p, fail=False):
 
 
 def _run(path, fail=False, size=64):
-    hub, errors = Hub(2), [None, None]
-
-    def worker(p):
-        try:
-            _archive.write_distributed(_state(p, fail), path, max_shard_size=size,
-                                       fsync=False, procs=Procs(hub, p, 2))
-        except Exception as e:  # noqa: BLE001 - collected for the assertions
-            errors[p] = e
-    threads = [threading.Thread(target=worker, args=(p,)) for p in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not any(t.is_alive() for t in threads)
-    return errors
+    return run_processes(2, lambda p, procs: _archive.write_distributed(
+        _state(p, fail), path, max_shard_size=size, fsync=False, procs=procs) and None)
 
 
 def test_two_writers_make_one_archive_that_reads_whole(tmp_path):
@@ -181,19 +124,8 @@ def test_crc32_combine_is_zlibs():
 
 
 def test_writers_naming_different_paths_all_fail_and_write_nothing(tmp_path):
-    hub, errors = Hub(2), [None, None]
-
-    def worker(p):
-        try:
-            _archive.write_distributed(_state(p), tmp_path / f"run{p}.optstate",
-                                       max_shard_size=64, fsync=False, procs=Procs(hub, p, 2))
-        except Exception as e:  # noqa: BLE001
-            errors[p] = e
-    threads = [threading.Thread(target=worker, args=(p,)) for p in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    errors = run_processes(2, lambda p, procs: _archive.write_distributed(
+        _state(p), tmp_path / f"run{p}.optstate", max_shard_size=64, fsync=False, procs=procs))
     assert all(isinstance(e, osf.StorageError) for e in errors), errors
     assert "same archive" in str(errors[0])
     assert os.listdir(tmp_path) == []

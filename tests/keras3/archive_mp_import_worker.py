@@ -2,7 +2,11 @@
 out by a distribution, in one of NPROCS JAX processes, and compare every addressable piece
 with the values the exporting processes assigned.
 
-usage: archive_mp_import_worker.py PROCESS_ID NPROCS PORT MODE(dp|mp) ARCHIVE EXPECTED_NPZ
+usage: archive_mp_import_worker.py PROCESS_ID NPROCS PORT MODE(dp|mp) ARCHIVE EXPECTED_NPZ [refused]
+
+Prints how many bytes of tensors this process read (``read N bytes``). With ``refused``, the
+import must fail (every process with the same error code, which is printed) and leave every
+variable as it was.
 """
 
 import os
@@ -42,7 +46,22 @@ out = keras.layers.Dense(4, name="d2")(keras.layers.Dense(16, name="d1")(inp))
 model = keras.Model(inp, out)
 model.compile(optimizer=keras.optimizers.Adam(learning_rate=0.01), loss="mse")
 want = dict(np.load(expected))
+if sys.argv[7:] == ["refused"]:
+    model.optimizer.build(model.trainable_variables)
+    variables = list(model.variables) + list(model.optimizer.variables)
+    before = [[np.asarray(s.data) for s in v.value.addressable_shards] for v in variables]
+    try:
+        osf.import_state(model, archive, include_weights=True)
+    except osf.OptStateError as e:
+        for v, old in zip(variables, before):
+            for s, o in zip(v.value.addressable_shards, old):
+                np.testing.assert_array_equal(np.asarray(s.data), o)
+        print(f"process {pid} of {nprocs} refused: {e.code}; nothing changed", flush=True)
+        print(str(e)[:500], flush=True)
+        sys.exit(0)
+    raise AssertionError("the import of a damaged archive went through")
 report = osf.import_state(model, archive, include_weights=True)
+print(f"process {pid} read {report.bytes_read} bytes", flush=True)
 assert report.ok and len(report.matched) == 4, report
 opt = model.optimizer
 checked = 0

@@ -3,6 +3,7 @@ model into one sharded archive (spec 14.10): under DataParallel every tensor is 
 and written once; under ModelParallel the split kernel is written as its two halves, one by
 each process. The archive is then read, checked and imported by this single process."""
 
+import json
 import os
 import socket
 import subprocess
@@ -96,18 +97,49 @@ def test_model_parallel_each_process_writes_its_half_of_the_split_kernel(tmp_pat
     import_into_two_dense(archive, want)
 
 
+def _tensor_bytes(archive):
+    st = osf.read(archive)
+    return sum(np.asarray(a).nbytes for w in st.weights for a in (w.value, *w.slots.values())
+               ) + sum(np.asarray(a).nbytes for a in st.globals.values())
+
+
 def test_saved_by_two_processes_imported_in_other_layouts_and_process_counts(tmp_path):
     """Resharding on import: saved by 2 processes x 2 devices with the kernel split across
     the processes; imported by 2 processes x 2 devices (ModelParallel, then DataParallel)
     and by 1 process x 4 devices (ModelParallel): every piece each process holds equals the
-    saved values, and the target's layout is kept. (Each process reads the whole archive.)"""
+    saved values, and the target's layout is kept. Each of 2 processes under ModelParallel
+    reads only its half of d1's kernel, m and v (spec 14.11); under DataParallel, where it
+    holds everything, it reads everything."""
     archive, _ = _export(tmp_path, "mp")
     expected = tmp_path / "expected.npz"
+    total, half = _tensor_bytes(archive), 8 * 16 * 4 // 2
     for nprocs, mode in ((2, "mp"), (2, "dp"), (1, "mp")):
         outs = _spawn(IMPORTER, lambda p, port: [str(p), str(nprocs), port, mode, str(archive),
                                                  str(expected)], nprocs)
         for p, out in enumerate(outs):
             assert f"process {p} of {nprocs} imported" in out, out[-2000:]
+            read = {(2, "mp"): total - 3 * half, (2, "dp"): total, (1, "mp"): None}
+            assert f"process {p} read {read[nprocs, mode]} bytes" in out, out[-2000:]
+
+
+def test_a_piece_damaged_for_one_process_fails_every_process_and_changes_nothing(tmp_path):
+    """Process 1's half of d1's kernel v is damaged; process 0 never reads it: both refuse
+    the import (agreeing before any assignment) and keep every variable as it was."""
+    archive, _ = _export(tmp_path, "mp")
+    doc = osf.read_header(archive)
+    part = doc["archive"]["pieces"]["slot:d1/kernel:v"]["parts"][1]
+    assert part["start"] == [0, 8]
+    shard = archive / part["file"]
+    raw = bytearray(shard.read_bytes())
+    n = int.from_bytes(raw[:8], "little")
+    entry = json.loads(raw[8:8 + n])[part["key"]]
+    raw[8 + n + entry["data_offsets"][0] + 2] ^= 0x10
+    shard.write_bytes(bytes(raw))
+    outs = _spawn(IMPORTER, lambda p, port: [str(p), "2", port, "mp", str(archive),
+                                             str(tmp_path / "expected.npz"), "refused"], 2)
+    for p, out in enumerate(outs):
+        assert f"process {p} of 2 refused: E_CHECKSUM; nothing changed" in out, out[-2000:]
+    assert "process 1 of 2 failed" in outs[0]
 
 
 def test_saved_by_one_process_of_four_devices_imported_by_two_processes_of_two(tmp_path):
