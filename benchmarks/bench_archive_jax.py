@@ -7,7 +7,9 @@ layers x width^2 bytes; the defaults make 1 GiB), kernels laid out P(None, 'mode
 (batch 2, model 2) mesh of 4 CPU devices: 1 process x 4 devices, then 2 processes x 2 devices
 (jax.distributed on localhost, the 'model' axis across the processes, so each writes half of
 every kernel's slots). Prints each export's seconds (slowest process), then osf.read of the
-archive by 1 process and by 2 processes at once. Never run by the test suite.
+archive by 1 process and by 2 processes at once, then import_state into the same layout by
+1 process x 4 devices and by 2 processes x 2 devices (each reading only the pieces its
+devices hold, spec 14.11), with the bytes each process read. Never run by the test suite.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _spawn  # noqa: E402
 
 
-def worker(pid, nprocs, port, archive, layers, width, shard_mb):
+def worker(pid, nprocs, port, archive, layers, width, shard_mb, what="export"):
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={4 // nprocs}"
     os.environ["JAX_PLATFORMS"] = "cpu"
     os.environ["KERAS_BACKEND"] = "jax"
@@ -53,6 +55,12 @@ def worker(pid, nprocs, port, archive, layers, width, shard_mb):
     opt.build(model.trainable_variables)
     model.compile(optimizer=opt, loss="mse")
     t = time.perf_counter()
+    if what == "import":
+        report = osf.import_state(model, archive)
+        assert report.ok, report
+        print(json.dumps({"import": time.perf_counter() - t, "bytes": report.bytes_read}),
+              flush=True)
+        return
     osf.export_state(model, archive, max_shard_size=shard_mb << 20)
     print(json.dumps({"export": time.perf_counter() - t}), flush=True)
 
@@ -90,6 +98,18 @@ def main():
                 res = spawn(lambda p: ["--read", str(archive)], r)
                 print(f"    read by {r} process(es) at once: "
                       f"{max(x['read'] for x in res):6.2f} s each")
+            for r in (1, 2):  # import_state into the same layout, by 1 x 4 and 2 x 2
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", 0))
+                    port = str(s.getsockname()[1])
+                res = spawn(lambda p: ["--worker", str(p), str(r), port, str(archive),
+                                       str(args.layers), str(args.width), str(args.shard_mb),
+                                       "import"], r)
+                read = [x["bytes"] for x in res]
+                said = ("whole file" if read[0] is None else
+                        ", ".join(f"{b / 2 ** 20:.0f}" for b in read) + " MiB read")
+                print(f"    import_state by {r} process(es) x {4 // r} devices: "
+                      f"{max(x['import'] for x in res):6.2f} s ({said})")
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -97,7 +117,7 @@ def main():
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--worker"]:
         a = sys.argv[2:]
-        worker(int(a[0]), int(a[1]), a[2], a[3], int(a[4]), int(a[5]), int(a[6]))
+        worker(int(a[0]), int(a[1]), a[2], a[3], int(a[4]), int(a[5]), int(a[6]), *a[7:])
     elif sys.argv[1:2] == ["--read"]:
         import optstate_format as osf
         t = time.perf_counter()

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from optstate_format import _dtypes, _registry
-from optstate_format._archive import _tf_strategy
+from ._tf_distribute import _tf_strategy
 from optstate_format._errors import UnsupportedError
 from optstate_format._identity import Graph, Layer, Node
 from optstate_format._paths import NAME_RE, sanitize_segment

@@ -4,7 +4,9 @@ its adapter's ``local_boxes`` names (whole tensors otherwise), and the processes
 before the first assignment and after the last: a failure in any process leaves every
 process as it was."""
 
+import os
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -308,3 +310,56 @@ def test_regions_name_boxes_by_start_and_stop():
     with pytest.raises(TypeError):
         np.asarray(r)
     assert r.box((slice(1, 2),)).tolist() == [2.0]
+
+
+# ---- any tiling, any boxes: a box read equals the whole tensor's region ---------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@st.composite
+def _tilings(draw):
+    """A (rows, cols) tensor, cut into a grid of pieces, and 1-3 boxes to read."""
+    rows, cols = draw(st.integers(1, 7)), draw(st.integers(1, 7))
+
+    def cuts(n):
+        inner = draw(st.sets(st.integers(1, n - 1), max_size=3)) if n > 1 else set()
+        return [0, *sorted(inner), n]
+    rcut, ccut = cuts(rows), cuts(cols)
+
+    def box():
+        r0 = draw(st.integers(0, rows - 1))
+        c0 = draw(st.integers(0, cols - 1))
+        return ((r0, c0), (draw(st.integers(r0 + 1, rows)), draw(st.integers(c0 + 1, cols))))
+    return rows, cols, rcut, ccut, [box() for _ in range(draw(st.integers(1, 3)))]
+
+
+@settings(max_examples=40, deadline=None)
+@given(_tilings())
+def test_any_box_of_any_tiling_reads_as_the_whole_tensors_region(case):
+    import tempfile
+    rows, cols, rcut, ccut, boxes = case
+    full = np.arange(rows * cols, dtype=np.float64).reshape(rows, cols) * 1.5 - 7
+    grid = [((a, c), (b, d)) for a, b in zip(rcut, rcut[1:]) for c, d in zip(ccut, ccut[1:])]
+    shards = [Shard((slice(a, b), slice(c, d)), 0, full[a:b, c:d]) for (a, c), (b, d) in grid]
+    state = osf.OptimizerState(osf.OptimizerInfo("sgd", "SGD"), step=1, weights=[
+        osf.WeightEntry("w", (rows, cols), "float64", hints=_named("w"), slots={
+            "momentum": _archive.Sourced((rows, cols), "float64", None,
+                                         Handle(Arr(shards)))})])
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "a.optstate"
+        out = run_processes(1, lambda p, procs: _archive.write_distributed(
+            state, path, max_shard_size=40, fsync=False, procs=procs))
+        assert out == [path]
+        with _io.Lazy(path) as lazy:
+            key = lazy.state().weight("w").slots["momentum"].key
+            got = lazy.read({key: boxes})[key]
+            for (r0, c0), (r1, c1) in boxes:
+                np.testing.assert_array_equal(got.box((slice(r0, r1), slice(c0, c1))),
+                                              full[r0:r1, c0:c1])
+            def shared(box, piece):  # elements a box and a piece have in common
+                return np.prod([max(0, min(t, y) - max(s, x)) for s, t, x, y in
+                                zip(box[0], box[1], piece[0], piece[1])])
+            met = [g for g in grid if any(shared(b, g) for b in boxes)]
+            assert lazy.bytes_read == sum(8 * (b - a) * (d - c) for (a, c), (b, d) in met)

@@ -11,6 +11,7 @@ import pytest
 
 import optstate_format as osf
 from optstate_format import _archive
+from optstate_format.converters import _tf_distribute
 
 
 class KV:
@@ -41,7 +42,7 @@ class KV:
 
 def _workers(kv, n=2, timeout=30.0):
     """One _TfProcesses per worker, each with its own call counter (as separate processes)."""
-    return [type(f"Worker{i}", (_archive._TfProcesses,),
+    return [type(f"Worker{i}", (_tf_distribute._TfProcesses,),
                  {"_calls": 0, "_mine": [], "TIMEOUT": timeout})(None, i, n, ctx=kv)
             for i in range(n)]
 
@@ -137,8 +138,34 @@ def test_a_worker_that_never_answers_is_our_error_not_a_hang(tmp_path):
 
 def test_the_limit_comes_from_the_environment_and_a_bad_one_is_refused(monkeypatch):
     monkeypatch.setenv("OPTSTATE_PROCESS_TIMEOUT", "2.5")
-    assert _archive._TfProcesses(None, 0, 2, ctx=KV()).timeout == 2.5
+    assert _tf_distribute._TfProcesses(None, 0, 2, ctx=KV()).timeout == 2.5
     for bad in ("0", "-1", "inf", "nan", "soon"):
         monkeypatch.setenv("OPTSTATE_PROCESS_TIMEOUT", bad)
         with pytest.raises(osf.UnsupportedError, match="OPTSTATE_PROCESS_TIMEOUT"):
-            _archive._TfProcesses(None, 0, 2, ctx=KV())
+            _tf_distribute._TfProcesses(None, 0, 2, ctx=KV())
+
+
+def test_a_tensorflow_whose_private_modules_moved_stops_the_export_naming_its_version(
+        monkeypatch, tmp_path):
+    """The workers are found through TensorFlow's private modules (one table in
+    converters/_tf_distribute.py); a release without them must not make every worker write
+    an archive of its own: the export stops with UnsupportedError naming the version."""
+    import sys
+    import types
+
+    class MWMS:
+        pass
+    fake = types.ModuleType("tensorflow")  # a module, not a package: no tensorflow.python
+    fake.__version__ = "9.9.9"
+    fake.distribute = types.SimpleNamespace(MultiWorkerMirroredStrategy=MWMS,
+                                            has_strategy=lambda: True, get_strategy=MWMS)
+    monkeypatch.setitem(sys.modules, "tensorflow", fake)
+    _tf_distribute._private.cache_clear()
+    try:
+        with pytest.raises(osf.UnsupportedError) as e:
+            osf.write(_state(), tmp_path / "run.optstate", max_shard_size=32, fsync=False)
+    finally:
+        _tf_distribute._private.cache_clear()
+    assert "tensorflow 9.9.9 changed: tensorflow.python.distribute:multi_worker_util is " \
+           "missing" in str(e.value)
+    assert os.listdir(tmp_path) == []
