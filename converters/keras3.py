@@ -140,10 +140,25 @@ class Keras3Adapter(KerasAdapter):
         return None if whole in boxes else sorted(boxes)
 
     def assign(self, var, value):
-        if isinstance(value, Regions):  # only for a variable local_boxes split
+        current = getattr(var, "value", None)
+        if getattr(current, "is_fully_addressable", True) is False:
+            # spread over the processes of a job (JAX): each process puts its own devices'
+            # parts in place, from its regions (a Regions, for a variable local_boxes split)
+            # or the whole array. Nothing here is a collective, so a process whose
+            # assignment fails midway cannot leave another waiting in one (spec 14.11);
+            # Keras's own assign of a host array would reshard through device_put.
             import jax
-            value = jax.make_array_from_callback(value.shape, var.value.sharding, value.box)
-            var.assign(value)
+            if isinstance(value, jax.Array):  # a snapshot put back: the variable's own array
+                var.assign(value)
+                return
+            dtype = current.dtype
+            whole = None if isinstance(value, Regions) else np.asarray(value)
+
+            def part(index):
+                got = value.box(index) if whole is None else whole[index]
+                return np.asarray(got, dtype=dtype)
+            shape = tuple(int(d) for d in current.shape)
+            var.assign(jax.make_array_from_callback(shape, current.sharding, part))
             return
         inner = self._tf_variable(var)
         if inner is not None:

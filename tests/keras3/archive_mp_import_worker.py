@@ -2,11 +2,13 @@
 out by a distribution, in one of NPROCS JAX processes, and compare every addressable piece
 with the values the exporting processes assigned.
 
-usage: archive_mp_import_worker.py PROCESS_ID NPROCS PORT MODE(dp|mp) ARCHIVE EXPECTED_NPZ [refused]
+usage: archive_mp_import_worker.py PROCESS_ID NPROCS PORT MODE(dp|mp) ARCHIVE EXPECTED_NPZ
+       [refused|fail-assign]
 
 Prints how many bytes of tensors this process read (``read N bytes``). With ``refused``, the
 import must fail (every process with the same error code, which is printed) and leave every
-variable as it was.
+variable as it was; ``fail-assign`` makes process 0's third assignment fail, which must roll
+back every process.
 """
 
 import os
@@ -46,7 +48,17 @@ out = keras.layers.Dense(4, name="d2")(keras.layers.Dense(16, name="d1")(inp))
 model = keras.Model(inp, out)
 model.compile(optimizer=keras.optimizers.Adam(learning_rate=0.01), loss="mse")
 want = dict(np.load(expected))
-if sys.argv[7:] == ["refused"]:
+if sys.argv[7:] in (["refused"], ["fail-assign"]):
+    if sys.argv[7] == "fail-assign" and pid == 0:  # process 0's device fails at its 3rd
+        from optstate_format.converters import keras3 as k3
+        real, calls = k3.ADAPTER.assign, []
+
+        def failing(var, value):
+            calls.append(1)
+            if len(calls) == 3:
+                raise RuntimeError("device lost")
+            return real(var, value)
+        k3.ADAPTER.assign = failing
     model.optimizer.build(model.trainable_variables)
     variables = list(model.variables) + list(model.optimizer.variables)
     before = [[np.asarray(s.data) for s in v.value.addressable_shards] for v in variables]

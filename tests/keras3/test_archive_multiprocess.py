@@ -5,6 +5,7 @@ each process. The archive is then read, checked and imported by this single proc
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -59,6 +60,22 @@ def _export(tmp_path, mode):
     return archive, dict(np.load(expected))
 
 
+@pytest.fixture(scope="module")
+def _mp_saved(tmp_path_factory):
+    """One ModelParallel export by 2 processes, shared by the tests that only read it."""
+    return _export(tmp_path_factory.mktemp("mp"), "mp")
+
+
+@pytest.fixture
+def mp_export(_mp_saved, tmp_path):
+    """A private copy of the ModelParallel archive (a test may damage it) and its values,
+    with the expected.npz beside it."""
+    archive, want = _mp_saved
+    shutil.copytree(archive, tmp_path / "run.optstate")
+    shutil.copy(archive.parent / "expected.npz", tmp_path / "expected.npz")
+    return tmp_path / "run.optstate", want
+
+
 def _check_against(st, want):
     n = 0
     for w in st.weights:
@@ -81,8 +98,9 @@ def test_data_parallel_two_processes_write_replicated_state_once(tmp_path):
     import_into_two_dense(archive, want)
 
 
-def test_model_parallel_each_process_writes_its_half_of_the_split_kernel(tmp_path):
-    archive, want = _export(tmp_path, "mp")
+def test_model_parallel_each_process_writes_its_half_of_the_split_kernel(
+        tmp_path, mp_export):
+    archive, want = mp_export
     st = osf.read(archive)
     assert _check_against(st, want) == 8
     doc = osf.read_header(archive)
@@ -103,14 +121,15 @@ def _tensor_bytes(archive):
                ) + sum(np.asarray(a).nbytes for a in st.globals.values())
 
 
-def test_saved_by_two_processes_imported_in_other_layouts_and_process_counts(tmp_path):
+def test_saved_by_two_processes_imported_in_other_layouts_and_process_counts(
+        tmp_path, mp_export):
     """Resharding on import: saved by 2 processes x 2 devices with the kernel split across
     the processes; imported by 2 processes x 2 devices (ModelParallel, then DataParallel)
     and by 1 process x 4 devices (ModelParallel): every piece each process holds equals the
     saved values, and the target's layout is kept. Each of 2 processes under ModelParallel
     reads only its half of d1's kernel, m and v (spec 14.11); under DataParallel, where it
     holds everything, it reads everything."""
-    archive, _ = _export(tmp_path, "mp")
+    archive, _ = mp_export
     expected = tmp_path / "expected.npz"
     total, half = _tensor_bytes(archive), 8 * 16 * 4 // 2
     for nprocs, mode in ((2, "mp"), (2, "dp"), (1, "mp")):
@@ -122,10 +141,11 @@ def test_saved_by_two_processes_imported_in_other_layouts_and_process_counts(tmp
             assert f"process {p} read {read[nprocs, mode]} bytes" in out, out[-2000:]
 
 
-def test_a_piece_damaged_for_one_process_fails_every_process_and_changes_nothing(tmp_path):
+def test_a_piece_damaged_for_one_process_fails_every_process_and_changes_nothing(
+        tmp_path, mp_export):
     """Process 1's half of d1's kernel v is damaged; process 0 never reads it: both refuse
     the import (agreeing before any assignment) and keep every variable as it was."""
-    archive, _ = _export(tmp_path, "mp")
+    archive, _ = mp_export
     doc = osf.read_header(archive)
     part = doc["archive"]["pieces"]["slot:d1/kernel:v"]["parts"][1]
     assert part["start"] == [0, 8]
@@ -160,3 +180,16 @@ def test_saved_by_one_process_of_four_devices_imported_by_two_processes_of_two(t
         for p, out in enumerate(outs):
             # 4 variables x (value, m, v) x the 2 devices of this process
             assert f"process {p} of 2 imported, 24 pieces equal" in out, out[-2000:]
+
+
+def test_an_assignment_failing_in_one_process_rolls_back_every_process(
+        tmp_path, mp_export):
+    """Process 0's third assignment fails (a device lost) after process 1 assigned all of
+    its state: both refuse with E_ASSIGN and hold exactly what they held before (spec 14.11,
+    the agreement after the last assignment)."""
+    archive, _ = mp_export
+    outs = _spawn(IMPORTER, lambda p, port: [str(p), "2", port, "mp", str(archive),
+                                             str(tmp_path / "expected.npz"), "fail-assign"], 2)
+    for p, out in enumerate(outs):
+        assert f"process {p} of 2 refused: E_ASSIGN; nothing changed" in out, out[-2000:]
+    assert "device lost" in outs[0] and "process 0 of 2 failed" in outs[1]
