@@ -175,7 +175,9 @@ class Adapter(Protocol):
     # this process holds all of it. An import made by every process of the job (spec 14.11)
     # then reads only those regions of the file and hands ``assign`` a :class:`Regions`
     # (``value.box(index)`` gives each region as an array) instead of an ndarray. An
-    # adapter without it, or returning None, always gets whole arrays.
+    # adapter without it, or returning None, always gets whole arrays. For such a variable,
+    # ``assign`` and ``restore`` must be local to the process (no collective): a process whose
+    # import fails midway stops assigning while the others go on to the final agreement.
 
     def snapshot(self, handle):
         """The current value, unaffected by later assignments, or :data:`ABSENT`."""
