@@ -1,7 +1,8 @@
 """The model zoo: models people actually train, built without downloads, moved by role.
 
 Every ``keras.applications`` constructor (``weights=None``, ``include_top=False`` with average
-pooling, at a small valid input size) and ``keras_hub`` backbones built from tiny configs. Each
+pooling, at a small valid input size), ``keras_hub`` backbones built from tiny configs, and every
+``tf_keras.applications`` constructor with tf_keras's Adam and its legacy Adam. Each
 case: build, train one Adam step, export; build the same architecture again (at another input
 size where the architecture allows it) in this process, after every model built before it moved
 Keras's name counters; import; then check every Adam slot of the rebuilt model against the
@@ -36,7 +37,8 @@ APP_SIZES = {"InceptionV3": (75, 91), "InceptionResNetV2": (75, 91), "Xception":
 # ConvNeXtTiny: LayerScale's unnamed weights; DenseNet121: concatenations; DINOV2: LayerScale in
 # keras_hub. NASNetMobile (1124 weights) costs as much as three of these: `make zoo` only.
 CI = {"ConvNeXtTiny", "MobileNetV3Small", "EfficientNetB0", "DenseNet121",
-      "GPT2Backbone", "BertBackbone", "LlamaBackbone", "ViTBackbone", "DINOV2Backbone"}
+      "GPT2Backbone", "BertBackbone", "LlamaBackbone", "ViTBackbone", "DINOV2Backbone",
+      "tf_keras.MobileNetV2", "tf_keras.legacy.MobileNet"}
 
 _TEXT = dict(vocabulary_size=64, num_layers=2, hidden_dim=16, intermediate_dim=32)
 # keras_hub backbones at tiny dimensions: class name -> constructor arguments.
@@ -122,10 +124,22 @@ def application_names():
                   if n[0].isupper() and callable(getattr(keras.applications, n)))
 
 
+def tf_keras_application_names():
+    try:
+        import tf_keras
+    except ImportError:  # pragma: no cover - tf_keras is part of the test install
+        return []
+    return sorted(n for n in dir(tf_keras.applications)
+                  if n[0].isupper() and callable(getattr(tf_keras.applications, n)))
+
+
 def cases(only=(), ci=False):
-    """(name, family) of every case, in run order."""
+    """(name, family) of every case, in run order. tf_keras's applications run twice: with
+    its Adam (``tf_keras.<Name>``) and its legacy Adam (``tf_keras.legacy.<Name>``)."""
     out = [(n, "keras_hub") for n in HUB]
     out += [(n, "keras.applications") for n in application_names()]
+    out += [(f"tf_keras{kind}.{n}", "tf_keras.applications")
+            for n in tf_keras_application_names() for kind in ("", ".legacy")]
     if ci:
         out = [c for c in out if c[0] in CI]
     if only:
@@ -137,6 +151,8 @@ def build(name, family, variant):
     """(compiled model, batch) for case ``name``; ``variant`` 0 is the source, 1 the rebuild."""
     import keras
     rng = np.random.default_rng(variant)
+    if family == "tf_keras.applications":
+        return build_tf_keras(name, rng, variant)
     if family == "keras.applications":
         size = APP_SIZES.get(name, (32, 48))[variant]
         model = getattr(keras.applications, name)(weights=None, include_top=False,
@@ -154,6 +170,21 @@ def build(name, family, variant):
                                        shapes)
     # one eager step: tracing a whole network into a graph would cost more than the step
     model.compile(keras.optimizers.Adam(1e-3), "mse", run_eagerly=True)
+    return model, (x, y)
+
+
+def build_tf_keras(name, rng, variant):
+    """A tf_keras application (``tf_keras[.legacy].<Name>``) compiled with tf_keras's Adam, or
+    its legacy Adam (slots in ``get_slot``, another code path of the converter)."""
+    import tf_keras
+    app = name.rsplit(".", 1)[1]
+    size = APP_SIZES.get(app, (32, 48))[variant]
+    model = getattr(tf_keras.applications, app)(weights=None, include_top=False,
+                                                input_shape=(size, size, 3), pooling="avg")
+    x = rng.standard_normal((2, size, size, 3)).astype("float32")
+    y = rng.standard_normal((2,) + tuple(model.output.shape[1:])).astype("float32")
+    adam = (tf_keras.optimizers.legacy.Adam if ".legacy." in name else tf_keras.optimizers.Adam)
+    model.compile(adam(1e-3), "mse", run_eagerly=True)
     return model, (x, y)
 
 
@@ -179,21 +210,32 @@ def hub_inputs(model, rng, seq):
 def slot_arrays(model):
     """{(layer index, weight index): (m, v)} for every trainable weight, by place."""
     opt = model.optimizer
+    tf_keras = type(model).__module__.startswith("tf_keras")
     out, seen = {}, set()
     for li, layer in enumerate(model.layers):
         for wi, w in enumerate(layer.weights):
             if id(w) in seen or not w.trainable:
                 continue
             seen.add(id(w))
-            i = opt._get_variable_index(w)
-            out[(li, wi)] = (np.array(opt._momentums[i].numpy()),
-                             np.array(opt._velocities[i].numpy()))
+            if tf_keras and hasattr(opt, "get_slot"):  # tf_keras's legacy optimizer
+                m, v = opt.get_slot(w, "m"), opt.get_slot(w, "v")
+            elif tf_keras:
+                i = opt._index_dict[opt._var_key(w)]
+                m, v = opt._momentums[i], opt._velocities[i]
+            else:
+                i = opt._get_variable_index(w)
+                m, v = opt._momentums[i], opt._velocities[i]
+            out[(li, wi)] = (np.array(m.numpy()), np.array(v.numpy()))
     return out
 
 
-def move_counters():
+def move_counters(family=""):
     """Build a few unrelated layers with generated names: every counter moves on."""
     from unnamed_models import move_counters as mc
+    if family == "tf_keras.applications":
+        import tf_keras
+        mc(tf_keras, 2)
+        return
     import keras
     mc(keras, 2)
 
@@ -216,7 +258,7 @@ def run_case(name, family, workdir):
     names_a = [layer.name for layer in a.layers]
     del a, batch
     gc.collect()
-    move_counters()
+    move_counters(family)
     b, _ = build(name, family, 1)
     names_b = [layer.name for layer in b.layers]
     t = time.perf_counter()
