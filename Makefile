@@ -61,8 +61,9 @@ mutate: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_io.py
 
-# Every keras.applications model and the keras_hub backbones of tests/keras3/zoo.py: train a step,
-# rebuild, import, check each slot against its layer; prints the table (long: see README).
+# Every keras.applications and tf_keras.applications model and the keras_hub backbones of
+# tests/keras3/zoo.py: train a step, rebuild, import, check each slot against its layer;
+# prints the table (long: see README).
 zoo: $(STAMP)
 	KERAS_BACKEND=tensorflow $(BIN)/python tests/keras3/zoo.py
 
