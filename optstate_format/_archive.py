@@ -1100,10 +1100,12 @@ def _gather_index(folder: Path, gen: str, doc: dict, planned: dict):
     return list(files)
 
 
-def write_distributed(state, path, *, max_shard_size, fsync=True, procs) -> Path:
+def write_distributed(state, path, *, max_shard_size, fsync=True, procs,
+                      _generation=None) -> Path:
     """Write one archive from every process of a job (spec 14.10): every process calls
     this with the same state description and path; each writes the pieces it owns into
-    shards of its own; process 0 commits the index once all have written."""
+    shards of its own; process 0 commits the index once all have written. (``_generation``:
+    a fixed generation, for the conformance vectors.)"""
     path = Path(path)
     doc, tensors = _io._plan(state)
     planned = {k: (d, tuple(s)) for k, d, s, _ in tensors}
@@ -1113,7 +1115,7 @@ def write_distributed(state, path, *, max_shard_size, fsync=True, procs) -> Path
         try:
             fresh = _check_target(path)
             work = _new_work(parent, path.name) if fresh else None
-            decision = {"gen": secrets.token_hex(8), "fresh": fresh,
+            decision = {"gen": _generation or secrets.token_hex(8), "fresh": fresh,
                         "folder": str(work if fresh else path), "path": os.path.abspath(path)}
         except OptStateError as e:
             decision = {"error": str(e)}

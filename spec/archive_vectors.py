@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from optstate_format import _archive  # noqa: E402
 from optstate_format._check import summarize  # noqa: E402
-from optstate_format._io import read  # noqa: E402
+from optstate_format._io import read, read_header  # noqa: E402
 from optstate_format._state import OptimizerInfo, OptimizerState, WeightEntry  # noqa: E402
 
 PRODUCER = {"framework": "conformance", "framework_version": "1"}
@@ -58,6 +58,62 @@ def _big_and_small():
             WeightEntry("head/kernel", (16, 2), "float16",
                         slots={"momentum": _arr((16, 2), 2, "float16")})],
         globals={"iterations": np.array(1, np.int64)})
+
+
+class _Piece:
+    """A device's part of an array, as JAX describes it (index, replica_id, data)."""
+
+    def __init__(self, index, data):
+        self.index, self.replica_id, self.data = index, 0, data
+
+
+class _Split:
+    """An array spread over devices: the writer stores each part as a piece (14.9)."""
+
+    is_fully_addressable = False
+
+    def __init__(self, full, rows, cols):
+        self.addressable_shards = [
+            _Piece((slice(a, b), slice(c, d)), full[a:b, c:d])
+            for a, b in zip(rows, rows[1:]) for c, d in zip(cols, cols[1:])]
+
+
+class _OneProcess:
+    index, count = 0, 1
+
+    def broadcast(self, text):
+        return text
+
+    def gather(self, text):
+        return [text]
+
+
+def _split(full, rows, cols):
+    def fetch():
+        raise AssertionError("a tensor in pieces is never fetched whole")
+    return _archive.Sourced(full.shape, str(full.dtype), fetch,
+                            type("Handle", (), {"value": _Split(full, rows, cols)})())
+
+
+def _pieces():
+    """An SGD state whose kernel's momentum is stored as two column halves and whose
+    embedding's as a 2 x 2 grid of unequal boxes; the bias is stored whole."""
+    kernel, emb, bias = _arr((4, 8), 1), _arr((6, 4), 2), _arr((8,), 3)
+    return OptimizerState(
+        OptimizerInfo("sgd", "SGD", "keras.optimizers", {"momentum": 0.9, "nesterov": False},
+                      {"kind": "constant", "value": 0.01}),
+        step=2, producer=PRODUCER, weights=[
+            WeightEntry("dense/kernel", (4, 8), "float32",
+                        slots={"momentum": _split(kernel, [0, 4], [0, 4, 8])}),
+            WeightEntry("dense/bias", (8,), "float32", slots={"momentum": bias}),
+            WeightEntry("embedding/embeddings", (6, 4), "float32",
+                        slots={"momentum": _split(emb, [0, 2, 6], [0, 1, 4])})],
+        globals={"iterations": np.array(2, np.int64)})
+
+
+def _write_pieces(path, size=64):
+    return _archive.write_distributed(_pieces(), path, max_shard_size=size, fsync=False,
+                                      procs=_OneProcess(), _generation=GEN)
 
 
 def valid_archives():
@@ -166,6 +222,54 @@ def invalid_archives():
     }
 
 
+def invalid_pieces():
+    """name -> (damage(folder), expected code, error class), on the archive of _pieces()."""
+    emb = "slot:embedding/embeddings:momentum"
+
+    def parts(doc, key=emb):
+        return doc["archive"]["pieces"][key]["parts"]
+
+    def overlap(d):
+        parts(d)[1]["start"] = [0, 0]  # (0,1)-(2,4) becomes (0,0)-(2,4): meets (0,0)-(2,1)
+
+    def uncovered(d):
+        del parts(d)[3]  # one box of the grid left out: the rest covers 12 of 24 elements
+
+    def out_of_bounds(d):
+        parts(d)[3]["stop"] = [7, 4]  # past the 6 rows
+
+    def combined_crc(d):
+        d["checksums"][emb] ^= 1  # not the crc32 of the pieces in the listed order
+
+    def swapped_keys(d):  # the index puts a 2x1 piece where the shard holds a 2x3 one
+        a, b = parts(d)[0], parts(d)[1]
+        a["key"], b["key"], a["crc32"], b["crc32"] = b["key"], a["key"], b["crc32"], a["crc32"]
+        # every checksum consistent, so that only the shapes disagree
+        d["checksums"][emb] = _archive._combined_crc("float32", [
+            (q["file"], q["key"], q["start"], q["stop"], q["crc32"]) for q in parts(d)])
+
+    def damaged(p):
+        doc = read_header(p)
+        part = parts(doc)[2]
+        f = _archive._Member(None, str(p), part["file"], "?")
+        shard = _archive._Part(f, _archive.SHARD_FORMAT)
+        raw = bytearray((p / part["file"]).read_bytes())
+        raw[shard.data_start + shard.tensors[part["key"]][2] + 1] ^= 0x08
+        (p / part["file"]).write_bytes(bytes(raw))
+
+    def edit(fn):
+        return lambda p: _edit_index(p, fn)
+    return {
+        "pieces_overlap": (edit(overlap), "E_ARCHIVE_PIECES", "FormatError"),
+        "pieces_do_not_cover": (edit(uncovered), "E_ARCHIVE_PIECES", "FormatError"),
+        "piece_out_of_bounds": (edit(out_of_bounds), "E_SCHEMA", "FormatError"),
+        "pieces_checksum_disagrees": (edit(combined_crc), "E_ARCHIVE_MISMATCH", "FormatError"),
+        "piece_shape_disagrees_with_shard": (edit(swapped_keys), "E_ARCHIVE_MISMATCH",
+                                             "FormatError"),
+        "damaged_piece": (damaged, "E_CHECKSUM", "IntegrityError"),
+    }
+
+
 def build_archives(out: Path):
     """Write every archive vector below ``out`` (a spec/ folder layout)."""
     root = out / "conformance" / "archives"
@@ -179,8 +283,15 @@ def build_archives(out: Path):
             (path / fname).write_bytes(data)
         (valid / f"{name}.expected.json").write_text(
             json.dumps(summarize(read(path)), indent=2, sort_keys=True) + "\n")
+    path = _write_pieces(valid / "tensors_in_pieces.optstate")
+    (valid / "tensors_in_pieces.expected.json").write_text(
+        json.dumps(summarize(read(path)), indent=2, sort_keys=True) + "\n")
     for name, (damage, code, cls) in invalid_archives().items():
         path = _write(_adam(), invalid / f"{name}.optstate", 120)
         damage(path, invalid)
+        (invalid / f"{name}.expected.json").write_text(
+            json.dumps({"code": code, "error": cls}, indent=2, sort_keys=True) + "\n")
+    for name, (damage, code, cls) in invalid_pieces().items():
+        damage(_write_pieces(invalid / f"{name}.optstate"))
         (invalid / f"{name}.expected.json").write_text(
             json.dumps({"code": code, "error": cls}, indent=2, sort_keys=True) + "\n")
