@@ -21,6 +21,7 @@ as data (``restore_scheduler``).
 from __future__ import annotations
 
 import re
+import sys
 import threading
 import warnings
 
@@ -37,7 +38,12 @@ from optstate_format._state import OptimizerInfo, OptimizerState
 from optstate_format.adapter import (ABSENT, BaseAdapter, ModelDescription, ModelWeight,
                                      OptimizerDescription, Variable, WeightSlots)
 
+from ._private import PrivateAPI
 from ._torch_tables import LBFGS_REASON, TORCH_OPTIMIZERS, StateKey
+
+# The private torch names this converter reads beyond nn.Module's own storage.
+PRIVATE = PrivateAPI("torch", torch.__version__, ">=2.1", attrs={
+    "_orig_mod": "the module torch.compile wrapped (OptimizedModule)"})
 
 try:  # the dtype torch.optim gives scalar state (float64 when that is the default dtype)
     from torch.optim.optimizer import _get_scalar_dtype
@@ -257,6 +263,7 @@ class TorchAdapter(BaseAdapter):
         if not isinstance(model, nn.Module):
             raise UnsupportedError(f"expected a torch.nn.Module; received "
                                    f"{type(model).__name__}.")
+        model = unwrap(model)
         walk = _Walk()
         graph = walk.graph(model, [], True)
         return ModelDescription(walk.weights, graph, producer={
@@ -383,10 +390,13 @@ class TorchAdapter(BaseAdapter):
                 # every entry it would create is created (its own initial values), so a
                 # partial import never leaves state torch cannot step with. A tensor shaped
                 # like the parameter waits as a _Deferred until finish(): the import usually
-                # assigns it next, and zeros made now would be thrown away.
+                # assigns it next, and zeros made now would be thrown away. Entries go in in
+                # torch's creation order (the order of state_dict() and of torch.save), the
+                # assigned one included: None holds its place until it is set below.
                 for sk in handle.companions or (handle.spec,):
-                    if sk.key not in entry and sk is not handle.spec:
-                        entry[sk.key] = self._companion(entry, sk, handle)
+                    if sk.key not in entry:
+                        entry[sk.key] = (None if sk is handle.spec
+                                         else self._companion(entry, sk, handle))
                 spec = handle.spec
                 if spec.python is int or ":" in spec.init:  # a number or a scalar: its type
                     entry[key] = _create(spec, handle.group, handle.param)
@@ -553,6 +563,29 @@ def _scheduler_info(scheduler):
 
 
 # ---- model walk --------------------------------------------------------------------------------
+def unwrap(model):
+    """The module a training wrapper runs: ``nn.DataParallel`` and ``DistributedDataParallel``
+    (``.module``), ``torch.compile`` (``._orig_mod``), nested in any order. They hold no weight
+    and play no role of their own, so their names (``module.``, ``_orig_mod.``) are in no
+    path: state exported under DDP imports into the plain model, the compiled one, and back.
+
+    >>> unwrap(nn.DataParallel(nn.Linear(2, 2)))
+    Linear(in_features=2, out_features=2, bias=True)
+    """
+    while True:
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif _is_compiled(model):
+            model = PRIVATE.get(model, "_orig_mod")
+        else:
+            return model
+
+
+def _is_compiled(model):
+    frame = sys.modules.get("torch._dynamo.eval_frame")  # imported by torch.compile itself
+    return frame is not None and isinstance(model, frame.OptimizedModule)
+
+
 def _owns_weights(module) -> bool:
     """Whether the module (or a submodule) holds a parameter or a persistent buffer."""
     for m in module.modules():
@@ -796,6 +829,7 @@ def from_dcp_state_dict(model, optimizer, osd, path=None, *, scheduler=None, met
 
     >>> # osd = get_optimizer_state_dict(model, opt); from_dcp_state_dict(model, opt, osd, p)
     """
+    model = unwrap(model)  # get_optimizer_state_dict names parameters without the wrappers
     fqns = dict(model.named_parameters(remove_duplicate=False))
     names = {id(p): n for n, p in fqns.items()}
     if "state" not in osd and any(str(k).startswith("state.") for k in osd):

@@ -1,0 +1,538 @@
+"""The PyTorch model zoo: torchvision, timm and Hugging Face transformers models, moved by role.
+
+Nothing is downloaded: torchvision and timm models are built with ``weights=None`` /
+``pretrained=False``, transformers models from tiny configs. Each case:
+
+1. builds the model (seed 0), trains two steps with its optimizer (Adam, AdamW, SGD with
+   momentum, or two parameter groups with their own lr and weight decay), and exports;
+2. builds it again with another seed, the way users rebuild: wrapped (``nn.DataParallel``'s or
+   DDP's ``module.``, ``torch.compile``'s ``_orig_mod.``, an ``nn.Sequential``), the parameter
+   groups listed in the other order, a layer frozen on both sides;
+3. copies the weights with ``load_state_dict`` and imports the optimizer state with
+   ``osf.import_state(wrapped, path, optimizer=new_opt)``;
+4. checks every state entry (``exp_avg``, ``exp_avg_sq``, ``step``, ``momentum_buffer``...) of
+   every parameter against the source's entry for the parameter of the same
+   ``named_parameters()`` name (wrapper prefix stripped): an oracle that does not use optstate;
+   that tied parameters are still one tensor; each group's lr;
+5. takes one more step on both, same batch, same RNG, and checks the parameters, the buffers
+   and the whole optimizer state bit for bit against the uninterrupted source.
+
+    python tests/torch/zoo.py              # every case, then the table (make zoo-torch)
+    python tests/torch/zoo.py --ci         # the subset run by make test
+    python tests/torch/zoo.py gpt2_lm bert # by name
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+torch.set_num_threads(1)
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+# ---- torchvision on a CPU build of torch -------------------------------------------------------
+def _torchvision_without_its_ops():
+    """Import torchvision even when its compiled ops cannot load.
+
+    The torchvision 0.28.0 wheel on the package index is the CUDA build; with the CPU build of
+    torch 2.13.0 its ``_C`` extension does not load (libc10_cuda.so), and torchvision's import
+    then fails registering fake kernels for ``torchvision::nms`` / ``qnms``, operators that were
+    never defined. Defining their schemas (no kernel) lets the pure-Python models import; the
+    ops themselves still raise torchvision's own "Couldn't load custom C++ ops" if called, so
+    detection models (which call nms) are not in this zoo."""
+    try:
+        import torchvision  # noqa: F401
+        return
+    except RuntimeError as e:
+        if "torchvision::nms" not in str(e):
+            raise
+    for mod in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+        del sys.modules[mod]
+    global _TV_LIB
+    _TV_LIB = torch.library.Library("torchvision", "DEF")
+    for op in ("nms", "qnms"):
+        _TV_LIB.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    import torchvision  # noqa: F401,F811
+
+
+_TV_LIB = None
+
+
+# ---- cases -------------------------------------------------------------------------------------
+@dataclass
+class Case:
+    name: str
+    family: str
+    build: object                  # () -> nn.Module
+    inputs: object                 # (model, torch.Generator) -> dict of keyword arguments
+    optimizer: str = "adam"        # adam | adamw | sgd | groups
+    rebuild: str = "seed"          # seed | dataparallel | compile | sequential | frozen
+    freeze: str = ""               # a parameter-name prefix frozen on both sides
+    loss: object = None            # output -> scalar; default: _loss
+
+
+def _image(size, channels=3, batch=2):
+    def make(model, g):
+        return {"x": torch.randn(batch, channels, size, size, generator=g)}
+    return make
+
+
+def _tokens(vocab, seq=8, batch=2, labels=False, extra=None):
+    def make(model, g):
+        ids = torch.randint(1, vocab, (batch, seq), generator=g)
+        out = {"input_ids": ids}
+        if labels:
+            out["labels"] = ids.clone()
+        if extra:
+            out.update(extra(g))
+        return out
+    return make
+
+
+def _tv(name, size=32, **kw):
+    def build():
+        import torchvision
+        return getattr(torchvision.models, name)(weights=None, num_classes=10, **kw)
+    return build
+
+
+def _tv_seg(name, **kw):
+    def build():
+        import torchvision
+        return getattr(torchvision.models.segmentation, name)(
+            weights=None, weights_backbone=None, num_classes=3, **kw)
+    return build
+
+
+def _timm(name, **kw):
+    def build():
+        import timm
+        return timm.create_model(name, pretrained=False, num_classes=10, **kw)
+    return build
+
+
+def _hf(model_cls, config_cls, **cfg):
+    def build():
+        import transformers
+        config = getattr(transformers, config_cls)(**cfg)
+        return getattr(transformers, model_cls)(config)
+    return build
+
+
+_V = 64  # vocabulary of the tiny text configs
+_BERT = dict(vocab_size=_V, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+             intermediate_size=32, max_position_embeddings=32)
+_DECODER = dict(vocab_size=_V, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                num_key_value_heads=1, intermediate_size=32, max_position_embeddings=32)
+
+
+def _whisper_inputs(model, g):
+    return {"input_features": torch.randn(2, 8, 32, generator=g),
+            "decoder_input_ids": torch.randint(1, _V, (2, 6), generator=g),
+            "labels": torch.randint(1, _V, (2, 6), generator=g)}
+
+
+def _t5_inputs(model, g):
+    return {"input_ids": torch.randint(1, _V, (2, 8), generator=g),
+            "labels": torch.randint(1, _V, (2, 5), generator=g)}
+
+
+CASES = [
+    # torchvision classification
+    Case("resnet18", "torchvision", _tv("resnet18"), _image(32), "sgd", "dataparallel"),
+    Case("mobilenet_v3_small", "torchvision", _tv("mobilenet_v3_small"), _image(32), "adam",
+         "compile"),
+    Case("efficientnet_b0", "torchvision", _tv("efficientnet_b0"), _image(32), "groups"),
+    Case("convnext_tiny", "torchvision", _tv("convnext_tiny"), _image(32), "adamw",
+         "sequential"),
+    Case("densenet121", "torchvision", _tv("densenet121"), _image(32), "adam", "frozen",
+         freeze="features.conv0"),
+    Case("squeezenet1_1", "torchvision", _tv("squeezenet1_1"), _image(64), "sgd"),
+    Case("shufflenet_v2_x0_5", "torchvision", _tv("shufflenet_v2_x0_5"), _image(32), "adam",
+         "dataparallel"),
+    Case("regnet_y_400mf", "torchvision", _tv("regnet_y_400mf"), _image(32), "groups"),
+    Case("mnasnet0_5", "torchvision", _tv("mnasnet0_5"), _image(32), "adamw"),
+    Case("swin_t", "torchvision", _tv("swin_t"), _image(32), "adamw", "compile"),
+    Case("vit_b_16", "torchvision", _tv("vit_b_16", image_size=32), _image(32), "adam"),
+    Case("googlenet", "torchvision", _tv("googlenet", aux_logits=False, init_weights=True),
+         _image(32), "sgd"),
+    # every stage's input must divide by the partition size 7: 224 pixels, one image
+    Case("maxvit_t", "torchvision", _tv("maxvit_t"), _image(224, batch=1), "adamw"),
+    # torchvision segmentation (detection models call torchvision::nms, see above)
+    Case("lraspp_mobilenet_v3_large", "torchvision", _tv_seg("lraspp_mobilenet_v3_large"),
+         _image(32), "adam", "dataparallel"),
+    Case("deeplabv3_mobilenet_v3_large", "torchvision",
+         _tv_seg("deeplabv3_mobilenet_v3_large", aux_loss=True), _image(32), "groups"),
+    # timm
+    Case("timm_vit_tiny", "timm", _timm("vit_tiny_patch16_224", img_size=32), _image(32),
+         "adamw", "compile"),
+    Case("timm_convnext_atto", "timm", _timm("convnext_atto"), _image(32), "groups"),
+    Case("timm_efficientnet_b0", "timm", _timm("efficientnet_b0"), _image(32), "adam"),
+    Case("timm_resnet18", "timm", _timm("resnet18"), _image(32), "sgd", "sequential"),
+    Case("timm_deit_tiny_distilled", "timm",
+         _timm("deit_tiny_distilled_patch16_224", img_size=32), _image(32), "adam"),
+    Case("timm_levit_128s", "timm", _timm("levit_128s", img_size=64), _image(64), "adamw"),
+    Case("timm_beit_base", "timm", _timm("beit_base_patch16_224", img_size=32, depth=2),
+         _image(32), "adam"),
+    Case("timm_eva02_tiny", "timm", _timm("eva02_tiny_patch14_224", img_size=28), _image(28),
+         "adamw"),
+    Case("timm_mobilenetv3_small_050", "timm", _timm("mobilenetv3_small_050"), _image(32),
+         "adam", "frozen", freeze="conv_stem"),
+    Case("timm_regnetx_002", "timm", _timm("regnetx_002"), _image(32), "sgd"),
+    Case("timm_swin_tiny", "timm", _timm("swin_tiny_patch4_window7_224", img_size=56),
+         _image(56), "groups"),
+    # transformers, tiny configs
+    Case("bert", "transformers", _hf("BertModel", "BertConfig", **_BERT), _tokens(_V), "adam",
+         "dataparallel"),
+    # the loss ignores the pooler: it never has a gradient, so Adam never makes its state
+    Case("bert_unused_pooler", "transformers", _hf("BertModel", "BertConfig", **_BERT),
+         _tokens(_V), "adam", loss=lambda out: out.last_hidden_state.pow(2).mean()),
+    Case("bert_mlm", "transformers", _hf("BertForMaskedLM", "BertConfig", **_BERT),
+         _tokens(_V, labels=True), "groups"),
+    Case("gpt2_lm", "transformers",
+         _hf("GPT2LMHeadModel", "GPT2Config", vocab_size=_V, n_embd=16, n_layer=2, n_head=2,
+             n_positions=32), _tokens(_V, labels=True), "adamw", "compile"),
+    Case("t5", "transformers",
+         _hf("T5ForConditionalGeneration", "T5Config", vocab_size=_V, d_model=16, d_kv=8,
+             d_ff=32, num_layers=2, num_heads=2, decoder_start_token_id=0, pad_token_id=0),
+         _t5_inputs, "adam", "sequential"),
+    Case("llama", "transformers", _hf("LlamaForCausalLM", "LlamaConfig", **_DECODER),
+         _tokens(_V, labels=True), "groups"),
+    Case("llama_tied", "transformers",
+         _hf("LlamaForCausalLM", "LlamaConfig", tie_word_embeddings=True, **_DECODER),
+         _tokens(_V, labels=True), "adamw", "frozen", freeze="model.embed_tokens"),
+    Case("mistral", "transformers", _hf("MistralForCausalLM", "MistralConfig", **_DECODER),
+         _tokens(_V, labels=True), "adam"),
+    Case("qwen2", "transformers", _hf("Qwen2ForCausalLM", "Qwen2Config", **_DECODER),
+         _tokens(_V, labels=True), "sgd"),
+    Case("mixtral", "transformers",
+         _hf("MixtralForCausalLM", "MixtralConfig", num_local_experts=4, num_experts_per_tok=1,
+             **_DECODER), _tokens(_V, labels=True), "adamw"),
+    Case("bart", "transformers",
+         _hf("BartForConditionalGeneration", "BartConfig", vocab_size=_V, d_model=16,
+             encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+             decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
+             max_position_embeddings=32), _tokens(_V, labels=True), "adam", "dataparallel"),
+    Case("roberta", "transformers", _hf("RobertaModel", "RobertaConfig", **_BERT),
+         _tokens(_V), "adamw"),
+    Case("distilbert", "transformers",
+         _hf("DistilBertModel", "DistilBertConfig", vocab_size=_V, dim=16, n_layers=2, n_heads=2,
+             hidden_dim=32, max_position_embeddings=32), _tokens(_V), "adam"),
+    Case("vit_hf", "transformers",
+         _hf("ViTModel", "ViTConfig", hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+             intermediate_size=32, image_size=16, patch_size=4),
+         lambda m, g: {"pixel_values": torch.randn(2, 3, 16, 16, generator=g)}, "adam"),
+    Case("whisper", "transformers",
+         _hf("WhisperForConditionalGeneration", "WhisperConfig", vocab_size=_V, num_mel_bins=8,
+             d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+             decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
+             max_source_positions=16, max_target_positions=16, decoder_start_token_id=1,
+             pad_token_id=0, bos_token_id=1, eos_token_id=2), _whisper_inputs, "adamw",
+         "sequential"),
+]
+BY_NAME = {c.name: c for c in CASES}
+# The representative subset run by `make test` (tests/torch/test_torch_zoo.py): every
+# optimizer kind and every way of rebuilding, BatchNorm buffers, a frozen layer, tied
+# embeddings, an unused pooler (no gradient, no state), torchvision, timm and transformers.
+CI = ["resnet18", "mobilenet_v3_small", "densenet121", "timm_vit_tiny", "timm_convnext_atto",
+      "timm_resnet18", "bert_unused_pooler", "gpt2_lm", "t5", "llama_tied"]
+
+
+# ---- one case ----------------------------------------------------------------------------------
+@dataclass
+class Row:
+    model: str
+    family: str
+    optimizer: str = ""
+    rebuild: str = ""
+    params: int = 0
+    tensors: int = 0
+    entries_checked: int = 0
+    export_s: float = 0.0
+    import_s: float = 0.0
+    case_s: float = 0.0
+    status: str = "ok"
+    detail: str = ""
+    notes: list = field(default_factory=list)
+
+
+def make_optimizer(kind, model, reverse=False):
+    """The case's optimizer over ``model``'s trainable parameters; ``groups``: biases and
+    norms without weight decay at one lr, the rest with decay at another (``reverse``: the
+    groups listed in the other order, as a rebuilt training script may)."""
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if kind == "adam":
+        return torch.optim.Adam([p for _, p in params], lr=1e-3)
+    if kind == "adamw":
+        return torch.optim.AdamW([p for _, p in params], lr=1e-3, weight_decay=0.05)
+    if kind == "sgd":
+        return torch.optim.SGD([p for _, p in params], lr=0.01, momentum=0.9)
+    assert kind == "groups"
+    no_decay = [p for n, p in params if p.dim() <= 1]
+    decay = [p for n, p in params if p.dim() > 1]
+    groups = [{"params": decay, "lr": 2e-3, "weight_decay": 0.1},
+              {"params": no_decay, "lr": 1e-3, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups[::-1] if reverse else groups)
+
+
+def wrap(model, how):
+    """(wrapped model, prefix its parameter names gain)."""
+    if how == "dataparallel":  # DataParallel and DistributedDataParallel both hold `module`
+        return nn.DataParallel(model), "module."
+    if how == "compile":  # lazy: nothing is compiled until it is called, which we never do
+        return torch.compile(model), "_orig_mod."
+    if how == "sequential":
+        return nn.Sequential(model), "0."
+    return model, ""
+
+
+def _loss(out):
+    """A scalar from any model output: the model's own loss if it computed one, else the mean
+    square of every floating tensor it returned."""
+    loss = getattr(out, "loss", None)
+    if isinstance(out, dict) and out.get("loss") is not None:
+        loss = out["loss"]
+    if loss is not None:
+        return loss
+    tensors = []
+
+    def collect(o):
+        if isinstance(o, torch.Tensor):
+            if o.is_floating_point() and o.requires_grad:
+                tensors.append(o)
+        elif isinstance(o, dict):
+            for v in o.values():
+                collect(v)
+        elif isinstance(o, (list, tuple)):
+            for v in o:
+                collect(v)
+    collect(out if not hasattr(out, "to_tuple") else out.to_tuple())
+    return sum(t.float().pow(2).mean() for t in tensors)
+
+
+def train_step(case, model, opt, i):
+    g = torch.Generator().manual_seed(1000 + i)
+    kwargs = case.inputs(model, g)
+    model.train()
+    torch.manual_seed(2000 + i)  # dropout, drop-path, MoE jitter: the same draws on both sides
+    opt.zero_grad(set_to_none=True)
+    if "x" in kwargs:
+        out = model(kwargs["x"])
+    else:
+        out = model(**kwargs)
+    (case.loss or _loss)(out).backward()
+    opt.step()
+
+
+def _freeze(model, prefix):
+    for n, p in model.named_parameters():
+        if prefix and n.startswith(prefix):
+            p.requires_grad_(False)
+
+
+def _equal(a, b):
+    """Bitwise equality (NaN payloads and -0.0 included) of tensors, else ==."""
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        def raw(t):
+            return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+        return (a.dtype == b.dtype and a.shape == b.shape and a.device == b.device
+                and torch.equal(raw(a), raw(b)))
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return False
+    return type(a) is type(b) and a == b
+
+
+def state_by_name(model, opt, prefix=""):
+    """{parameter name without ``prefix``: {state key: value}}: torch's own names, not
+    optstate's."""
+    names = {id(p): n[len(prefix):] if n.startswith(prefix) else n
+             for n, p in model.named_parameters()}
+    return {names[id(p)]: s for p, s in opt.state.items()}
+
+
+def compare_states(src_model, src_opt, dst_model, dst_opt, prefix, where):
+    """Every state entry of every parameter, by torch's parameter name; returns the count."""
+    a = state_by_name(src_model, src_opt)
+    b = state_by_name(dst_model, dst_opt, prefix)
+    a = {n: s for n, s in a.items() if s}
+    b = {n: s for n, s in b.items() if s}
+    assert set(a) == set(b), (f"{where}: state for other parameters: only in the source "
+                              f"{sorted(set(a) - set(b))[:5]}, only in the rebuilt "
+                              f"{sorted(set(b) - set(a))[:5]}")
+    checked = 0
+    for n in a:
+        assert list(a[n]) == list(b[n]), f"{where}: {n}: keys {list(a[n])} != {list(b[n])}"
+        for k in a[n]:
+            assert _equal(a[n][k], b[n][k]), f"{where}: {n}: {k} differs"
+            checked += 1
+    return checked
+
+
+def compare_groups(src_opt, dst_opt, src_model, dst_model, prefix, where):
+    """Each group's hyperparameters (lr included), paired through the parameters it holds."""
+    def keyed(model, opt, pre):
+        names = {id(p): n[len(pre):] if n.startswith(pre) else n
+                 for n, p in model.named_parameters()}
+        return {frozenset(names[id(p)] for p in g["params"]):
+                {k: v for k, v in g.items() if k != "params"} for g in opt.param_groups}
+    a, b = keyed(src_model, src_opt, ""), keyed(dst_model, dst_opt, prefix)
+    assert set(a) == set(b), f"{where}: parameter groups split differently"
+    for k in a:
+        assert a[k] == b[k], f"{where}: group hyperparameters {a[k]} != {b[k]}"
+
+
+def compare_tensors(src, dst, where):
+    sa, sb = src.state_dict(), dst.state_dict()
+    assert list(sa) == list(sb), f"{where}: state_dict keys differ"
+    for k in sa:
+        assert _equal(sa[k], sb[k]), f"{where}: {k} differs"
+
+
+def _ties(model):
+    """Sets of names under which one parameter is reachable (tied weights)."""
+    by_id = {}
+    for n, p in model.named_parameters(remove_duplicate=False):
+        by_id.setdefault(id(p), []).append(n)
+    return sorted(sorted(v) for v in by_id.values() if len(v) > 1)
+
+
+def run_case(case, workdir, row):
+    """Train, export, rebuild, import, check, continue, filling ``row``; raises
+    AssertionError on a wrong value."""
+    import optstate_format as osf
+    torch.manual_seed(0)
+    src = case.build()
+    _freeze(src, case.freeze)
+    src_opt = make_optimizer(case.optimizer, src)
+    row.params = sum(p.numel() for p in src.parameters())
+    for i in range(2):
+        train_step(case, src, src_opt, i)
+    path = Path(workdir) / f"{case.name}.optstate"
+    t = time.perf_counter()
+    osf.export_state(src, path, optimizer=src_opt, fsync=False)
+    row.export_s = time.perf_counter() - t
+    row.tensors = len(osf.read_header(path)["weights"])
+
+    torch.manual_seed(1)  # another initialisation: every value must come from the source
+    dst = case.build()
+    _freeze(dst, case.freeze)
+    wrapped, prefix = wrap(dst, case.rebuild)
+    dst_opt = make_optimizer(case.optimizer, dst, reverse=True)
+    dst.load_state_dict(src.state_dict())  # weights by torch's names: not optstate's job here
+    mapping = None
+    if case.rebuild == "sequential":
+        # a wrapper the user wrote adds a position ("0/") to every path and a level to every
+        # identity: refused, changing nothing; the user says where the model went
+        lrs = [g["lr"] for g in dst_opt.param_groups]
+        try:
+            osf.import_state(wrapped, path, optimizer=dst_opt)
+            raise AssertionError(f"{case.name}: an import into nn.Sequential(model) without "
+                                 "mapping= was not refused")
+        except osf.MatchError:
+            assert not dst_opt.state and lrs == [g["lr"] for g in dst_opt.param_groups], (
+                f"{case.name}: a refused import changed the optimizer")
+
+        def mapping(file_path):
+            return "0/" + file_path
+    t = time.perf_counter()
+    report = osf.import_state(wrapped, path, optimizer=dst_opt, mapping=mapping)
+    row.import_s = time.perf_counter() - t
+    path.unlink()
+    assert report.ok, f"{case.name}: import not ok: {report}"
+    row.notes = list(report.notes)
+
+    where = f"{case.name} after import"
+    row.entries_checked = compare_states(src, src_opt, wrapped, dst_opt, prefix, where)
+    assert row.entries_checked > 0
+    compare_groups(src_opt, dst_opt, src, wrapped, prefix, where)
+    assert _ties(src) == _ties(dst), f"{where}: tied parameters differ"
+
+    train_step(case, src, src_opt, 2)
+    train_step(case, dst, dst_opt, 2)
+    where = f"{case.name} one step later"
+    compare_tensors(src, dst, where)
+    compare_states(src, src_opt, wrapped, dst_opt, prefix, where)
+    del src, dst, wrapped, src_opt, dst_opt
+    gc.collect()
+
+
+def run_all(selected, out=sys.stdout):
+    """Run ``selected`` cases, printing one line per case as it ends; return the rows."""
+    from optstate_format import OptStateError
+    _torchvision_without_its_ops()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="optstate-torch-zoo-") as workdir:
+        for case in selected:
+            t = time.perf_counter()
+            row = Row(case.name, case.family, case.optimizer, case.rebuild)
+            try:
+                run_case(case, workdir, row)
+            except OptStateError as e:
+                row.status, row.detail = "refused", f"{type(e).__name__}: {e}"[:2000]
+            except AssertionError as e:
+                row.status, row.detail = "WRONG", str(e)[:2000]
+            except Exception as e:  # a model this environment cannot build or train
+                row.status, row.detail = "error", f"{type(e).__name__}: {str(e)[:300]}"
+                traceback.print_exc(file=sys.stderr)
+            row.case_s = time.perf_counter() - t
+            rows.append(row)
+            print(f"[zoo] {row.model} | {row.family} | {row.optimizer} | {row.rebuild} | "
+                  f"{row.params:,} | {row.tensors} | {row.entries_checked} | "
+                  f"{row.export_s:.2f} | {row.import_s:.2f} | {row.case_s:.1f} | {row.status} | "
+                  f"{row.detail[:400]}", file=out, flush=True)
+            gc.collect()
+    return rows
+
+
+def table(rows):
+    head = ("model", "family", "optimizer", "rebuilt as", "params", "tensors",
+            "entries checked", "export s", "import s", "case s", "result")
+    lines = [head]
+    for r in rows:
+        lines.append((r.model, r.family, r.optimizer, r.rebuild, f"{r.params:,}", str(r.tensors),
+                      str(r.entries_checked), f"{r.export_s:.2f}", f"{r.import_s:.2f}",
+                      f"{r.case_s:.1f}",
+                      r.status if r.status == "ok" else f"{r.status}: {r.detail[:160]}"))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    text = ["| " + " | ".join(c.ljust(w) for c, w in zip(line, widths)) + " |"
+            for line in lines]
+    text.insert(1, "| " + " | ".join("-" * w for w in widths) + " |")
+    ok = sum(r.status == "ok" for r in rows)
+    text.append(f"\n{ok} of {len(rows)} models imported by role and continued bit for bit, "
+                f"{sum(r.entries_checked for r in rows)} state entries checked by name")
+    return "\n".join(text)
+
+
+def cases(only=(), ci=False):
+    if only:
+        unknown = [n for n in only if n not in BY_NAME]
+        if unknown:
+            raise SystemExit(f"unknown cases {unknown}; known: {sorted(BY_NAME)}")
+        return [BY_NAME[n] for n in only]
+    return [BY_NAME[n] for n in CI] if ci else list(CASES)
+
+
+def main(argv):
+    only = [a for a in argv if not a.startswith("--")]
+    selected = cases(only, "--ci" in argv)
+    for a in argv:  # --rebuild=seed: every case rebuilt that way (to tell causes apart)
+        if a.startswith("--rebuild="):
+            selected = [replace(c, rebuild=a.split("=", 1)[1]) for c in selected]
+    rows = run_all(selected)
+    print(table(rows))
+    return 0 if rows and all(r.status == "ok" for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
