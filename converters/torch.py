@@ -135,10 +135,12 @@ class _StateSlot:
     by restoring ABSENT.
     """
 
-    __slots__ = ("state", "param", "spec", "group", "companions", "pre", "shape", "dtype")
+    __slots__ = ("state", "param", "spec", "group", "companions", "pre", "shape", "dtype",
+                 "groups")
 
-    def __init__(self, state, param, spec, group, companions):
+    def __init__(self, state, param, spec, group, companions, groups=()):
         self.state, self.param, self.spec, self.group = state, param, spec, group
+        self.groups = groups  # all the optimizer's param_groups: the order of its state
         self.companions = companions  # the StateKeys torch creates together with this one
         entry = state.get(param)
         self.pre = None if entry is None else frozenset(entry)
@@ -254,6 +256,7 @@ class TorchAdapter(BaseAdapter):
     def __init__(self):
         self._lock = threading.Lock()
         self._deferred = []  # (state entry, key, _Deferred) of companions not yet created
+        self._created = {}   # id(optimizer.state) -> (state, param_groups) given new entries
 
     # ---- model ----------------------------------------------------------------------------
     def describe_model(self, model) -> ModelDescription:
@@ -345,7 +348,7 @@ class TorchAdapter(BaseAdapter):
             if present and entry[sk.key] is None:
                 continue
             if present or (create and sk in expected):
-                h = _StateSlot(view.state, p, sk, group, tuple(expected))
+                h = _StateSlot(view.state, p, sk, group, tuple(expected), view.param_groups)
                 out[sk.slot] = Variable(h, h.shape, h.dtype, exists=h.existed)
         return out
 
@@ -384,6 +387,8 @@ class TorchAdapter(BaseAdapter):
             entry = handle.state.get(handle.param)
             if entry is None:
                 entry = handle.state[handle.param] = {}
+                with self._lock:
+                    self._created[id(handle.state)] = (handle.state, handle.groups)
             key = handle.spec.key
             if key not in entry:
                 # torch initialises a parameter's state all at once and only when it has none:
@@ -443,9 +448,12 @@ class TorchAdapter(BaseAdapter):
         torch itself would have created. Those a rollback removed are gone already."""
         with self._lock:
             waiting, self._deferred = self._deferred, []
+            created, self._created = list(self._created.values()), {}
         for entry, key, marker in waiting:
             if entry.get(key) is marker:
                 entry[key] = _create(marker.spec, marker.group, marker.param)
+        for state, groups in created:
+            _in_parameter_order(state, groups)
 
     def snapshot(self, handle):
         if isinstance(handle, _StateSlot):
@@ -474,6 +482,18 @@ class TorchAdapter(BaseAdapter):
 
 
 ADAPTER = TorchAdapter()
+
+
+def _in_parameter_order(state, groups):
+    """Put ``optimizer.state``'s entries in the order of its parameters, as torch's steps
+    create them (an import creates them in the file's order): ``state_dict()`` then numbers
+    and lists them as in the uninterrupted run. The entries themselves are not touched."""
+    order = {id(p): i for i, p in enumerate(p for g in groups for p in g["params"])}
+    items = list(state.items())
+    ranked = sorted(items, key=lambda kv: order.get(id(kv[0]), len(order)))
+    if [id(k) for k, _ in ranked] != [id(k) for k, _ in items]:
+        state.clear()
+        state.update(ranked)
 
 
 def _split(optimizer):
@@ -615,6 +635,12 @@ class _Walk:
             if t is None or id(t) in self.seen:
                 continue
             local = sanitize_segment(key)
+            if isinstance(t, nn.parameter.UninitializedTensorMixin):
+                where = "/".join(path + [local])
+                raise UnsupportedError(
+                    f"{where} belongs to a lazy {type(module).__name__} that has not run yet: it "
+                    "has no shape, so no state can be matched to it. Run one forward pass "
+                    "(e.g. on a dummy batch) before exporting or importing.", path=where)
             wid = len(self.weights)
             self.seen[id(t)] = wid
             self.weights.append(ModelWeight(

@@ -76,15 +76,17 @@ class Case:
     family: str
     build: object                  # () -> nn.Module
     inputs: object                 # (model, torch.Generator) -> dict of keyword arguments
-    optimizer: str = "adam"        # adam | adamw | sgd | groups
+    optimizer: str = "adam"        # adam | adamw | adamw_fused | adam_named | sgd | groups
     rebuild: str = "seed"          # seed | dataparallel | compile | sequential | frozen
     freeze: str = ""               # a parameter-name prefix frozen on both sides
     loss: object = None            # output -> scalar; default: _loss
+    dtype: object = None           # the model's parameters cast to this dtype (bf16 training)
 
 
 def _image(size, channels=3, batch=2):
     def make(model, g):
-        return {"x": torch.randn(batch, channels, size, size, generator=g)}
+        x = torch.randn(batch, channels, size, size, generator=g)
+        return {"x": x.to(next(model.parameters()).dtype)}
     return make
 
 
@@ -178,7 +180,7 @@ CASES = [
     Case("timm_vit_tiny", "timm", _timm("vit_tiny_patch16_224", img_size=32), _image(32),
          "adamw", "compile"),
     Case("timm_convnext_atto", "timm", _timm("convnext_atto"), _image(32), "groups"),
-    Case("timm_efficientnet_b0", "timm", _timm("efficientnet_b0"), _image(32), "adam"),
+    Case("timm_efficientnet_b0", "timm", _timm("efficientnet_b0"), _image(32), "adamw_fused"),
     Case("timm_resnet18", "timm", _timm("resnet18"), _image(32), "sgd", "sequential"),
     Case("timm_deit_tiny_distilled", "timm",
          _timm("deit_tiny_distilled_patch16_224", img_size=32), _image(32), "adam"),
@@ -213,9 +215,20 @@ CASES = [
          _hf("LlamaForCausalLM", "LlamaConfig", tie_word_embeddings=True, **_DECODER),
          _tokens(_V, labels=True), "adamw", "frozen", freeze="model.embed_tokens"),
     Case("mistral", "transformers", _hf("MistralForCausalLM", "MistralConfig", **_DECODER),
-         _tokens(_V, labels=True), "adam"),
+         _tokens(_V, labels=True), "adamw_fused", "dataparallel"),
     Case("qwen2", "transformers", _hf("Qwen2ForCausalLM", "Qwen2Config", **_DECODER),
          _tokens(_V, labels=True), "sgd"),
+    Case("qwen2_bf16", "transformers", _hf("Qwen2ForCausalLM", "Qwen2Config", **_DECODER),
+         _tokens(_V, labels=True), "adamw", "compile", dtype=torch.bfloat16),
+    # weight_norm through torch.nn.utils.parametrize (original0/original1); masked_spec_embed
+    # is never used with mask_time_prob=0, so it has no state
+    Case("wav2vec2", "transformers",
+         _hf("Wav2Vec2Model", "Wav2Vec2Config", hidden_size=16, num_hidden_layers=1,
+             num_attention_heads=2, intermediate_size=32, conv_dim=(8, 8), conv_stride=(5, 2),
+             conv_kernel=(10, 3), num_conv_pos_embeddings=4, num_conv_pos_embedding_groups=2,
+             mask_time_prob=0.0),
+         lambda m, g: {"input_values": torch.randn(2, 400, generator=g)}, "adam_named",
+         "dataparallel"),
     Case("mixtral", "transformers",
          _hf("MixtralForCausalLM", "MixtralConfig", num_local_experts=4, num_experts_per_tok=1,
              **_DECODER), _tokens(_V, labels=True), "adamw"),
@@ -225,7 +238,7 @@ CASES = [
              decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
              max_position_embeddings=32), _tokens(_V, labels=True), "adam", "dataparallel"),
     Case("roberta", "transformers", _hf("RobertaModel", "RobertaConfig", **_BERT),
-         _tokens(_V), "adamw"),
+         _tokens(_V), "adam_named", "compile"),
     Case("distilbert", "transformers",
          _hf("DistilBertModel", "DistilBertConfig", vocab_size=_V, dim=16, n_layers=2, n_heads=2,
              hidden_dim=32, max_position_embeddings=32), _tokens(_V), "adam"),
@@ -246,7 +259,8 @@ BY_NAME = {c.name: c for c in CASES}
 # optimizer kind and every way of rebuilding, BatchNorm buffers, a frozen layer, tied
 # embeddings, an unused pooler (no gradient, no state), torchvision, timm and transformers.
 CI = ["resnet18", "mobilenet_v3_small", "densenet121", "timm_vit_tiny", "timm_convnext_atto",
-      "timm_resnet18", "bert_unused_pooler", "gpt2_lm", "t5", "llama_tied"]
+      "timm_resnet18", "lraspp_mobilenet_v3_large", "bert_unused_pooler", "gpt2_lm", "t5",
+      "llama_tied", "mistral", "qwen2_bf16", "wav2vec2", "bart", "whisper"]
 
 
 # ---- one case ----------------------------------------------------------------------------------
@@ -267,15 +281,19 @@ class Row:
     notes: list = field(default_factory=list)
 
 
-def make_optimizer(kind, model, reverse=False):
+def make_optimizer(kind, wrapped, reverse=False):
     """The case's optimizer over ``model``'s trainable parameters; ``groups``: biases and
     norms without weight decay at one lr, the rest with decay at another (``reverse``: the
     groups listed in the other order, as a rebuilt training script may)."""
-    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    params = [(n, p) for n, p in wrapped.named_parameters() if p.requires_grad]
     if kind == "adam":
         return torch.optim.Adam([p for _, p in params], lr=1e-3)
     if kind == "adamw":
         return torch.optim.AdamW([p for _, p in params], lr=1e-3, weight_decay=0.05)
+    if kind == "adamw_fused":  # torch's fused CPU kernel: float32 step counters, always
+        return torch.optim.AdamW([p for _, p in params], lr=1e-3, fused=True)
+    if kind == "adam_named":  # torch >= 2.6: groups keep the parameters' names (param_names)
+        return torch.optim.Adam(params, lr=1e-3)
     if kind == "sgd":
         return torch.optim.SGD([p for _, p in params], lr=0.01, momentum=0.9)
     assert kind == "groups"
@@ -335,10 +353,14 @@ def train_step(case, model, opt, i):
     opt.step()
 
 
-def _freeze(model, prefix):
+def _built(case):
+    model = case.build()
+    if case.dtype is not None:
+        model = model.to(case.dtype)
     for n, p in model.named_parameters():
-        if prefix and n.startswith(prefix):
+        if case.freeze and n.startswith(case.freeze):
             p.requires_grad_(False)
+    return model
 
 
 def _equal(a, b):
@@ -370,6 +392,10 @@ def compare_states(src_model, src_opt, dst_model, dst_opt, prefix, where):
     assert set(a) == set(b), (f"{where}: state for other parameters: only in the source "
                               f"{sorted(set(a) - set(b))[:5]}, only in the rebuilt "
                               f"{sorted(set(b) - set(a))[:5]}")
+    # torch creates state in the order of the optimizer's own parameters
+    order = {id(p): i for i, p in enumerate(p for g in dst_opt.param_groups for p in g["params"])}
+    ranks = [order[id(p)] for p, s in dst_opt.state.items() if s]
+    assert ranks == sorted(ranks), f"{where}: optimizer.state is not in parameter order"
     checked = 0
     for n in a:
         assert list(a[n]) == list(b[n]), f"{where}: {n}: keys {list(a[n])} != {list(b[n])}"
@@ -385,7 +411,8 @@ def compare_groups(src_opt, dst_opt, src_model, dst_model, prefix, where):
         names = {id(p): n[len(pre):] if n.startswith(pre) else n
                  for n, p in model.named_parameters()}
         return {frozenset(names[id(p)] for p in g["params"]):
-                {k: v for k, v in g.items() if k != "params"} for g in opt.param_groups}
+                {k: v for k, v in g.items() if k not in ("params", "param_names")}
+                for g in opt.param_groups}
     a, b = keyed(src_model, src_opt, ""), keyed(dst_model, dst_opt, prefix)
     assert set(a) == set(b), f"{where}: parameter groups split differently"
     for k in a:
@@ -412,8 +439,7 @@ def run_case(case, workdir, row):
     AssertionError on a wrong value."""
     import optstate_format as osf
     torch.manual_seed(0)
-    src = case.build()
-    _freeze(src, case.freeze)
+    src = _built(case)
     src_opt = make_optimizer(case.optimizer, src)
     row.params = sum(p.numel() for p in src.parameters())
     for i in range(2):
@@ -425,10 +451,10 @@ def run_case(case, workdir, row):
     row.tensors = len(osf.read_header(path)["weights"])
 
     torch.manual_seed(1)  # another initialisation: every value must come from the source
-    dst = case.build()
-    _freeze(dst, case.freeze)
+    dst = _built(case)
     wrapped, prefix = wrap(dst, case.rebuild)
-    dst_opt = make_optimizer(case.optimizer, dst, reverse=True)
+    dst_opt = make_optimizer(case.optimizer, wrapped, reverse=True)
+    own_names = [g.get("param_names") for g in dst_opt.param_groups]
     dst.load_state_dict(src.state_dict())  # weights by torch's names: not optstate's job here
     mapping = None
     if case.rebuild == "sequential":
@@ -456,6 +482,8 @@ def run_case(case, workdir, row):
     row.entries_checked = compare_states(src, src_opt, wrapped, dst_opt, prefix, where)
     assert row.entries_checked > 0
     compare_groups(src_opt, dst_opt, src, wrapped, prefix, where)
+    assert own_names == [g.get("param_names") for g in dst_opt.param_groups], (
+        f"{where}: the groups' param_names are no longer the rebuilt model's")
     assert _ties(src) == _ties(dst), f"{where}: tied parameters differ"
 
     train_step(case, src, src_opt, 2)

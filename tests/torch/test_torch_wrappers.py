@@ -1,0 +1,131 @@
+"""Regressions the model zoo (tests/torch/zoo.py) found: training wrappers are no part of a
+path; an import that creates state creates it in torch's key order; a lazy module that has not
+run is refused with the project's own error."""
+
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+
+import optstate_format as osf  # noqa: E402
+from optstate_format import UnsupportedError  # noqa: E402
+from optstate_format.converters import torch as conv  # noqa: E402
+
+from torch_models import Net, batch, bitwise_equal, snapshot, train  # noqa: E402
+
+pytestmark = pytest.mark.framework
+O = torch.optim
+
+
+def trained(model_wrapper=lambda m: m, steps=2):
+    torch.manual_seed(0)
+    model = Net()
+    wrapped = model_wrapper(model)
+    opt = O.Adam(wrapped.parameters(), lr=0.01)
+    train(model, opt, steps)
+    return model, wrapped, opt
+
+
+def data_parallel(m):
+    return nn.DataParallel(m)
+
+
+def compiled(m):
+    return torch.compile(m)  # lazy: never called here, so nothing is compiled
+
+
+def compiled_data_parallel(m):
+    return torch.compile(nn.DataParallel(m))
+
+
+WRAPPERS = [data_parallel, compiled, compiled_data_parallel]
+
+
+@pytest.mark.parametrize("wrapper", WRAPPERS, ids=lambda f: f.__name__)
+def test_a_wrapper_adds_nothing_to_paths_or_identities(wrapper):
+    plain = conv.ADAPTER.describe_model(Net())
+    wrapped = conv.ADAPTER.describe_model(wrapper(Net()))
+    assert [w.path for w in wrapped.weights] == [w.path for w in plain.weights]
+    assert "module" not in str([w.path for w in wrapped.weights])
+    assert conv.unwrap(wrapper(Net())).__class__ is Net
+
+
+@pytest.mark.parametrize("wrapper", WRAPPERS, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("direction", ["wrapped_to_plain", "plain_to_wrapped"])
+def test_state_moves_between_a_wrapped_and_a_plain_model_and_continues(wrapper, direction,
+                                                                       tmp_path):
+    src_wrap, dst_wrap = ((wrapper, lambda m: m) if direction == "wrapped_to_plain"
+                          else (lambda m: m, wrapper))
+    src, src_top, src_opt = trained(src_wrap)
+    path = osf.export_state(src_top, tmp_path / "w.optstate", optimizer=src_opt)
+    torch.manual_seed(1)
+    dst = Net(changed=True)
+    dst_top = dst_wrap(dst)
+    dst_opt = O.Adam(dst_top.parameters(), lr=0.01)
+    report = osf.import_state(dst_top, path, optimizer=dst_opt)
+    assert report.ok and len(report.matched) == len(list(src.parameters()))
+    # Net(changed=True) moves the body's positions; roles by name: proj, head, body ends
+    pairs = [(src.proj.weight, dst.proj.weight), (src.head.bias, dst.head.bias),
+             (src.body[0].weight, dst.body[1].weight), (src.body[2].weight, dst.body[5].weight)]
+    for p, q in pairs:
+        assert bitwise_equal(src_opt.state[p], dst_opt.state[q])
+
+
+def test_ddp_export_imports_into_a_plain_model(tmp_path):
+    dist = pytest.importorskip("torch.distributed")
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    try:
+        src, src_top, src_opt = trained(nn.parallel.DistributedDataParallel)
+        path = osf.export_state(src_top, tmp_path / "ddp.optstate", optimizer=src_opt)
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+        dcp = conv.from_dcp_state_dict(src_top, src_opt,
+                                       get_optimizer_state_dict(src_top, src_opt))
+    finally:
+        dist.destroy_process_group()
+    paths = {w["path"] for w in osf.read_header(path)["weights"]}
+    assert paths == {w.path for w in dcp.weights} and not any("module" in p for p in paths)
+    dst = Net()
+    dst_opt = O.Adam(dst.parameters(), lr=0.01)
+    assert osf.import_state(dst, path, optimizer=dst_opt).ok
+    assert bitwise_equal(snapshot(dst_opt)["state"], snapshot(src_opt)["state"])
+
+
+def test_state_created_by_an_import_has_torchs_key_order(tmp_path):
+    _, model, opt = trained()
+    path = osf.export_state(model, tmp_path / "o.optstate", optimizer=opt)
+    dst = Net()
+    dst.load_state_dict(model.state_dict())
+    dst_opt = O.Adam(dst.parameters(), lr=0.01)
+    osf.import_state(dst, path, optimizer=dst_opt)
+    for state in dst_opt.state.values():
+        assert list(state) == ["step", "exp_avg", "exp_avg_sq"]
+    # the whole state_dict, key order included, is what torch itself holds
+    assert bitwise_equal(snapshot(dst_opt), snapshot(opt))
+    train(model, opt, 1, start=5)
+    train(dst, dst_opt, 1, start=5)
+    assert bitwise_equal(snapshot(dst_opt), snapshot(opt))
+
+
+def test_a_lazy_module_that_never_ran_is_refused_with_its_path(tmp_path):
+    def lazy():
+        return nn.Sequential(nn.LazyLinear(4), nn.ReLU(), nn.Linear(4, 2))
+    src = lazy()
+    src_opt = O.Adam(src.parameters())
+    src(torch.randn(2, 3)).sum().backward()
+    src_opt.step()
+    path = osf.export_state(src, tmp_path / "lazy.optstate", optimizer=src_opt)
+    dst = lazy()
+    dst_opt = O.Adam(dst.parameters())
+    for call in (lambda: osf.import_state(dst, path, optimizer=dst_opt),
+                 lambda: osf.export_state(dst, tmp_path / "x.optstate", optimizer=dst_opt)):
+        with pytest.raises(UnsupportedError) as e:
+            call()
+        assert e.value.path == "0/weight" and "forward pass" in str(e.value)
+    assert not dst_opt.state and not (tmp_path / "x.optstate").exists()
+    dst(torch.randn(2, 3))  # once it has run, it imports
+    assert osf.import_state(dst, path, optimizer=dst_opt).ok
+
+
+__all__ = ["batch"]
