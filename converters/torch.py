@@ -357,7 +357,12 @@ class TorchAdapter(BaseAdapter):
         if isinstance(handle, torch.Tensor):
             return _to_numpy(handle)
         if isinstance(handle, _StateSlot):
-            value = handle.state[handle.param][handle.spec.key]
+            entry = handle.state.get(handle.param)
+            value = None if entry is None else entry.get(handle.spec.key)
+            if value is None or isinstance(value, _Deferred):
+                # not created yet (a fresh optimizer; the core reads it to keep the target's
+                # own value outside a resized region): the value torch will start from
+                value = _create(handle.spec, handle.group, handle.param)
             if isinstance(value, torch.Tensor):
                 if handle.spec.layout in ("rows", "cols") and value.dim() >= 2:
                     value = value.squeeze(-1 if handle.spec.layout == "rows" else -2)

@@ -8,8 +8,9 @@ Nothing is downloaded: torchvision and timm models are built with ``weights=None
 2. builds it again with another seed, the way users rebuild: wrapped (``nn.DataParallel``'s or
    DDP's ``module.``, ``torch.compile``'s ``_orig_mod.``, an ``nn.Sequential``), the parameter
    groups listed in the other order, a layer frozen on both sides;
-3. copies the weights with ``load_state_dict`` and imports the optimizer state with
-   ``osf.import_state(wrapped, path, optimizer=new_opt)``;
+3. imports weights and optimizer state with
+   ``osf.import_state(wrapped, path, optimizer=new_opt, include_weights=True)`` and checks
+   every parameter and persistent buffer (BatchNorm statistics) against ``state_dict()``;
 4. checks every state entry (``exp_avg``, ``exp_avg_sq``, ``step``, ``momentum_buffer``...) of
    every parameter against the source's entry for the parameter of the same
    ``named_parameters()`` name (wrapper prefix stripped): an oracle that does not use optstate;
@@ -446,7 +447,7 @@ def run_case(case, workdir, row):
         train_step(case, src, src_opt, i)
     path = Path(workdir) / f"{case.name}.optstate"
     t = time.perf_counter()
-    osf.export_state(src, path, optimizer=src_opt, fsync=False)
+    osf.export_state(src, path, optimizer=src_opt, include_weights=True, fsync=False)
     row.export_s = time.perf_counter() - t
     row.tensors = len(osf.read_header(path)["weights"])
 
@@ -455,14 +456,13 @@ def run_case(case, workdir, row):
     wrapped, prefix = wrap(dst, case.rebuild)
     dst_opt = make_optimizer(case.optimizer, wrapped, reverse=True)
     own_names = [g.get("param_names") for g in dst_opt.param_groups]
-    dst.load_state_dict(src.state_dict())  # weights by torch's names: not optstate's job here
     mapping = None
     if case.rebuild == "sequential":
         # a wrapper the user wrote adds a position ("0/") to every path and a level to every
         # identity: refused, changing nothing; the user says where the model went
         lrs = [g["lr"] for g in dst_opt.param_groups]
         try:
-            osf.import_state(wrapped, path, optimizer=dst_opt)
+            osf.import_state(wrapped, path, optimizer=dst_opt, include_weights=True)
             raise AssertionError(f"{case.name}: an import into nn.Sequential(model) without "
                                  "mapping= was not refused")
         except osf.MatchError:
@@ -472,13 +472,15 @@ def run_case(case, workdir, row):
         def mapping(file_path):
             return "0/" + file_path
     t = time.perf_counter()
-    report = osf.import_state(wrapped, path, optimizer=dst_opt, mapping=mapping)
+    report = osf.import_state(wrapped, path, optimizer=dst_opt, mapping=mapping,
+                              include_weights=True)
     row.import_s = time.perf_counter() - t
     path.unlink()
     assert report.ok, f"{case.name}: import not ok: {report}"
     row.notes = list(report.notes)
 
     where = f"{case.name} after import"
+    compare_tensors(src, dst, where)  # parameters and persistent buffers, by torch's names
     row.entries_checked = compare_states(src, src_opt, wrapped, dst_opt, prefix, where)
     assert row.entries_checked > 0
     compare_groups(src_opt, dst_opt, src, wrapped, prefix, where)

@@ -1,6 +1,7 @@
 """Regressions the model zoo (tests/torch/zoo.py) found: training wrappers are no part of a
-path; an import that creates state creates it in torch's key order; a lazy module that has not
-run is refused with the project's own error."""
+path; an import that creates state creates it in torch's key and parameter order; a lazy
+module that has not run is refused with the project's own error; resize="overlap" works into
+an optimizer that has not stepped yet."""
 
 import pytest
 
@@ -126,6 +127,50 @@ def test_a_lazy_module_that_never_ran_is_refused_with_its_path(tmp_path):
     assert not dst_opt.state and not (tmp_path / "x.optstate").exists()
     dst(torch.randn(2, 3))  # once it has run, it imports
     assert osf.import_state(dst, path, optimizer=dst_opt).ok
+
+
+
+class TiedLM(nn.Module):
+    """A language model's shape: the output projection is the input embedding (GPT-2's tied
+    wte / lm_head), and the vocabulary can grow (resize_token_embeddings)."""
+
+    def __init__(self, vocab=12):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, 6)
+        self.mix = nn.Linear(6, 6)
+        self.head = nn.Linear(6, vocab, bias=False)
+        self.head.weight = self.embed.weight
+
+    def forward(self, ids):
+        return self.head(torch.tanh(self.mix(self.embed(ids))))
+
+
+def test_resize_overlap_into_an_optimizer_that_never_stepped(tmp_path):
+    torch.manual_seed(0)
+    src = TiedLM(12)
+    src_opt = O.AdamW(src.parameters(), lr=0.01)
+    for i in range(2):
+        src_opt.zero_grad()
+        src(torch.randint(0, 12, (4, 5), generator=torch.Generator().manual_seed(i))).pow(
+            2).mean().backward()
+        src_opt.step()
+    path = osf.export_state(src, tmp_path / "lm.optstate", optimizer=src_opt)
+    dst = TiedLM(16)
+    dst_opt = O.AdamW(dst.parameters(), lr=0.01)
+    with pytest.raises(osf.MatchError) as e:
+        osf.import_state(dst, path, optimizer=dst_opt)
+    assert "E_MATCH_SHAPE" in {p.code for p in e.value.problems} and not dst_opt.state
+    assert {p.path for p in e.value.problems} == {"embed/weight"}
+    report = osf.import_state(dst, path, optimizer=dst_opt, resize="overlap")
+    assert [r[0] for r in report.resized] == ["embed/weight"]
+    a, b = src_opt.state[src.embed.weight], dst_opt.state[dst.embed.weight]
+    assert list(b) == ["step", "exp_avg", "exp_avg_sq"] and torch.equal(a["step"], b["step"])
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert torch.equal(b[key][:12], a[key]) and not b[key][12:].any()
+    assert bitwise_equal(dst_opt.state[dst.mix.weight], src_opt.state[src.mix.weight])
+    dst(torch.randint(0, 16, (4, 5))).pow(2).mean().backward()
+    dst_opt.step()  # torch steps with the state as the import left it
+    assert int(b["step"]) == 3
 
 
 __all__ = ["batch"]
