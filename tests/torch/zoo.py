@@ -15,8 +15,9 @@ Nothing is downloaded: torchvision and timm models are built with ``weights=None
    every parameter against the source's entry for the parameter of the same
    ``named_parameters()`` name (wrapper prefix stripped): an oracle that does not use optstate;
    that tied parameters are still one tensor; each group's lr;
-5. takes one more step on both, same batch, same RNG, and checks the parameters, the buffers
-   and the whole optimizer state bit for bit against the uninterrupted source.
+5. takes two more steps on both (LR schedulers too, restored with ``restore_scheduler``), same
+   batches, same RNG, and checks the parameters, the buffers, the whole optimizer state and
+   the groups' hyperparameters bit for bit against the uninterrupted source.
 
     python tests/torch/zoo.py              # every case, then the table (make zoo-torch)
     python tests/torch/zoo.py --ci         # the subset run by make test
@@ -34,6 +35,7 @@ import traceback
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -82,6 +84,7 @@ class Case:
     freeze: str = ""               # a parameter-name prefix frozen on both sides
     loss: object = None            # output -> scalar; default: _loss
     dtype: object = None           # the model's parameters cast to this dtype (bf16 training)
+    schedule: str = ""             # an LR scheduler stepped with the optimizer, exported with it
 
 
 def _image(size, channels=3, batch=2):
@@ -180,7 +183,8 @@ CASES = [
     # timm
     Case("timm_vit_tiny", "timm", _timm("vit_tiny_patch16_224", img_size=32), _image(32),
          "adamw", "compile"),
-    Case("timm_convnext_atto", "timm", _timm("convnext_atto"), _image(32), "groups"),
+    Case("timm_convnext_atto", "timm", _timm("convnext_atto"), _image(32), "groups",
+         schedule="onecycle"),
     Case("timm_efficientnet_b0", "timm", _timm("efficientnet_b0"), _image(32), "adamw_fused"),
     Case("timm_resnet18", "timm", _timm("resnet18"), _image(32), "sgd", "sequential"),
     Case("timm_deit_tiny_distilled", "timm",
@@ -205,7 +209,8 @@ CASES = [
          _tokens(_V, labels=True), "groups"),
     Case("gpt2_lm", "transformers",
          _hf("GPT2LMHeadModel", "GPT2Config", vocab_size=_V, n_embd=16, n_layer=2, n_head=2,
-             n_positions=32), _tokens(_V, labels=True), "adamw", "compile"),
+             n_positions=32), _tokens(_V, labels=True), "adamw", "compile",
+         schedule="linear_warmup"),
     Case("t5", "transformers",
          _hf("T5ForConditionalGeneration", "T5Config", vocab_size=_V, d_model=16, d_kv=8,
              d_ff=32, num_layers=2, num_heads=2, decoder_start_token_id=0, pad_token_id=0),
@@ -340,7 +345,19 @@ def _loss(out):
     return sum(t.float().pow(2).mean() for t in tensors)
 
 
-def train_step(case, model, opt, i):
+def make_scheduler(kind, opt):
+    """``linear_warmup``: Hugging Face's get_linear_schedule_with_warmup (a LambdaLR: its
+    function is not data, the rest is); ``onecycle``: OneCycleLR, which also cycles Adam's
+    beta1 in every group."""
+    if kind == "linear_warmup":
+        import transformers
+        return transformers.get_linear_schedule_with_warmup(opt, 2, 10)
+    if kind == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.01, total_steps=10)
+    return None
+
+
+def train_step(case, model, opt, i, scheduler=None):
     g = torch.Generator().manual_seed(1000 + i)
     kwargs = case.inputs(model, g)
     model.train()
@@ -352,6 +369,8 @@ def train_step(case, model, opt, i):
         out = model(**kwargs)
     (case.loss or _loss)(out).backward()
     opt.step()
+    if scheduler is not None:
+        scheduler.step()
 
 
 def _built(case):
@@ -435,6 +454,27 @@ def _ties(model):
     return sorted(sorted(v) for v in by_id.values() if len(v) > 1)
 
 
+def check_positional_conversions(case, model, opt, exported):
+    """What torch itself saves, converted: ``optimizer.state_dict()`` (keyed by position, as a
+    Trainer's optimizer.pt) with an optimizer built the same way, and the fully qualified
+    names of ``get_optimizer_state_dict``, must give the exported slots."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    from optstate_format.converters import torch as conv
+    sd = opt.state_dict()
+    converted = [conv.from_state_dict(model, make_optimizer(case.optimizer, model), sd),
+                 conv.from_dcp_state_dict(model, opt, get_optimizer_state_dict(model, opt))]
+    want = {w.path: w.slots for w in exported.weights if w.slots}
+    for state in converted:
+        got = {w.path: w.slots for w in state.weights if w.slots}
+        assert set(got) == set(want), f"{case.name}: the conversion has state for other weights"
+        for path, slots in want.items():
+            assert set(got[path]) == set(slots), f"{case.name}: {path}: converted slots differ"
+            for k, v in slots.items():
+                assert np.asarray(got[path][k]).tobytes() == np.asarray(v).tobytes(), (
+                    f"{case.name}: {path}: converted {k} differs")
+
+
 def run_case(case, workdir, row):
     """Train, export, rebuild, import, check, continue, filling ``row``; raises
     AssertionError on a wrong value."""
@@ -442,25 +482,30 @@ def run_case(case, workdir, row):
     torch.manual_seed(0)
     src = _built(case)
     src_opt = make_optimizer(case.optimizer, src)
+    src_sched = make_scheduler(case.schedule, src_opt)
     row.params = sum(p.numel() for p in src.parameters())
     for i in range(2):
-        train_step(case, src, src_opt, i)
+        train_step(case, src, src_opt, i, src_sched)
     path = Path(workdir) / f"{case.name}.optstate"
     t = time.perf_counter()
-    osf.export_state(src, path, optimizer=src_opt, include_weights=True, fsync=False)
+    osf.export_state(src, path, optimizer=(src_opt, src_sched) if src_sched else src_opt,
+                     include_weights=True, fsync=False)
     row.export_s = time.perf_counter() - t
     row.tensors = len(osf.read_header(path)["weights"])
+    check_positional_conversions(case, src, src_opt, osf.read(path))
 
     torch.manual_seed(1)  # another initialisation: every value must come from the source
     dst = _built(case)
     wrapped, prefix = wrap(dst, case.rebuild)
     dst_opt = make_optimizer(case.optimizer, wrapped, reverse=True)
+    dst_sched = make_scheduler(case.schedule, dst_opt)
     own_names = [g.get("param_names") for g in dst_opt.param_groups]
     mapping = None
     if case.rebuild == "sequential":
         # a wrapper the user wrote adds a position ("0/") to every path and a level to every
         # identity: refused, changing nothing; the user says where the model went
         lrs = [g["lr"] for g in dst_opt.param_groups]
+        weights = {k: v.clone() for k, v in dst.state_dict().items()}
         try:
             osf.import_state(wrapped, path, optimizer=dst_opt, include_weights=True)
             raise AssertionError(f"{case.name}: an import into nn.Sequential(model) without "
@@ -468,6 +513,8 @@ def run_case(case, workdir, row):
         except osf.MatchError:
             assert not dst_opt.state and lrs == [g["lr"] for g in dst_opt.param_groups], (
                 f"{case.name}: a refused import changed the optimizer")
+            assert all(_equal(v, dst.state_dict()[k]) for k, v in weights.items()), (
+                f"{case.name}: a refused import changed the weights")
 
         def mapping(file_path):
             return "0/" + file_path
@@ -475,9 +522,11 @@ def run_case(case, workdir, row):
     report = osf.import_state(wrapped, path, optimizer=dst_opt, mapping=mapping,
                               include_weights=True)
     row.import_s = time.perf_counter() - t
-    path.unlink()
     assert report.ok, f"{case.name}: import not ok: {report}"
     row.notes = list(report.notes)
+    if dst_sched is not None:
+        from optstate_format.converters.torch import restore_scheduler
+        restore_scheduler(dst_sched, path)
 
     where = f"{case.name} after import"
     compare_tensors(src, dst, where)  # parameters and persistent buffers, by torch's names
@@ -487,12 +536,19 @@ def run_case(case, workdir, row):
     assert own_names == [g.get("param_names") for g in dst_opt.param_groups], (
         f"{where}: the groups' param_names are no longer the rebuilt model's")
     assert _ties(src) == _ties(dst), f"{where}: tied parameters differ"
+    if src_sched is not None:
+        a, b = src_sched.state_dict(), dst_sched.state_dict()
+        a.pop("lr_lambdas", None), b.pop("lr_lambdas", None)  # functions: not data
+        assert a == b, f"{where}: scheduler state {b} != {a}"
 
-    train_step(case, src, src_opt, 2)
-    train_step(case, dst, dst_opt, 2)
-    where = f"{case.name} one step later"
+    for i in (2, 3):
+        train_step(case, src, src_opt, i, src_sched)
+        train_step(case, dst, dst_opt, i, dst_sched)
+    where = f"{case.name} two steps later"
     compare_tensors(src, dst, where)
     compare_states(src, src_opt, wrapped, dst_opt, prefix, where)
+    compare_groups(src_opt, dst_opt, src, wrapped, prefix, where)
+    path.unlink()
     del src, dst, wrapped, src_opt, dst_opt
     gc.collect()
 
