@@ -256,7 +256,8 @@ class TorchAdapter(BaseAdapter):
     def __init__(self):
         self._lock = threading.Lock()
         self._deferred = []  # (state entry, key, _Deferred) of companions not yet created
-        self._created = {}   # id(optimizer.state) -> (state, param_groups) given new entries
+        # id(optimizer.state) -> (that state, its param_groups, params given a new entry)
+        self._created = {}
 
     # ---- model ----------------------------------------------------------------------------
     def describe_model(self, model) -> ModelDescription:
@@ -393,7 +394,8 @@ class TorchAdapter(BaseAdapter):
             if entry is None:
                 entry = handle.state[handle.param] = {}
                 with self._lock:
-                    self._created[id(handle.state)] = (handle.state, handle.groups)
+                    self._created.setdefault(id(handle.state), (
+                        handle.state, handle.groups, []))[2].append(handle.param)
             key = handle.spec.key
             if key not in entry:
                 # torch initialises a parameter's state all at once and only when it has none:
@@ -457,8 +459,10 @@ class TorchAdapter(BaseAdapter):
         for entry, key, marker in waiting:
             if entry.get(key) is marker:
                 entry[key] = _create(marker.spec, marker.group, marker.param)
-        for state, groups in created:
-            _in_parameter_order(state, groups)
+        for state, groups, params in created:
+            new = {id(p) for p in params}
+            if any(id(k) in new for k in state):  # a rolled back import leaves the order alone
+                _in_parameter_order(state, groups)
 
     def snapshot(self, handle):
         if isinstance(handle, _StateSlot):

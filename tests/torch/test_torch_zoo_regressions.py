@@ -12,7 +12,7 @@ import optstate_format as osf  # noqa: E402
 from optstate_format import UnsupportedError  # noqa: E402
 from optstate_format.converters import torch as conv  # noqa: E402
 
-from torch_models import Net, batch, bitwise_equal, snapshot, train  # noqa: E402
+from torch_models import Net, bitwise_equal, snapshot, train  # noqa: E402
 
 pytestmark = pytest.mark.framework
 O = torch.optim
@@ -130,6 +130,34 @@ def test_a_lazy_module_that_never_ran_is_refused_with_its_path(tmp_path):
 
 
 
+def test_a_rolled_back_import_keeps_the_order_of_existing_state(tmp_path, monkeypatch):
+    _, model, opt = trained()
+    path = osf.export_state(model, tmp_path / "o.optstate", optimizer=opt)
+    dst = Net()
+    dst_opt = O.Adam(dst.parameters(), lr=0.01)
+    # the body steps first, then proj: state not in parameter order, and none for head yet
+    for trainable in (dst.body, dst.proj):
+        dst.requires_grad_(False)
+        trainable.requires_grad_(True)
+        train(dst, dst_opt, 1)
+    dst.requires_grad_(True)
+    assert dst.head.weight not in dst_opt.state
+    before = snapshot(dst_opt)
+    order = [id(p) for p in dst_opt.state]
+    calls, real = [], conv.ADAPTER.adopt
+
+    def failing(handle, value):  # fails once the import has created head's state
+        calls.append(handle)
+        if dst.head.weight in dst_opt.state:
+            raise RuntimeError("injected failure")
+        real(handle, value)
+    monkeypatch.setattr(conv.ADAPTER, "adopt", failing)
+    with pytest.raises(osf.OptStateError):
+        osf.import_state(dst, path, optimizer=dst_opt)
+    assert dst.head.weight not in dst_opt.state and [id(p) for p in dst_opt.state] == order
+    assert bitwise_equal(snapshot(dst_opt), before)
+
+
 class TiedLM(nn.Module):
     """A language model's shape: the output projection is the input embedding (GPT-2's tied
     wte / lm_head), and the vocabulary can grow (resize_token_embeddings)."""
@@ -173,4 +201,8 @@ def test_resize_overlap_into_an_optimizer_that_never_stepped(tmp_path):
     assert int(b["step"]) == 3
 
 
-__all__ = ["batch"]
+
+def test_torch_converter_docstring_examples_run():
+    import doctest
+    result = doctest.testmod(conv, optionflags=doctest.ELLIPSIS)
+    assert result.attempted >= 2 and result.failed == 0

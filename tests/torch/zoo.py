@@ -11,7 +11,8 @@ Nothing is downloaded: torchvision and timm models are built with ``weights=None
 3. imports weights and optimizer state with
    ``osf.import_state(wrapped, path, optimizer=new_opt, include_weights=True)`` and checks
    every parameter and persistent buffer (BatchNorm statistics) against ``state_dict()``;
-4. checks every state entry (``exp_avg``, ``exp_avg_sq``, ``step``, ``momentum_buffer``...) of
+4. (first, an import failing halfway must leave every weight and state entry as it was;)
+   checks every state entry (``exp_avg``, ``exp_avg_sq``, ``step``, ``momentum_buffer``...) of
    every parameter against the source's entry for the parameter of the same
    ``named_parameters()`` name (wrapper prefix stripped): an oracle that does not use optstate;
    that tied parameters are still one tensor; each group's lr;
@@ -26,6 +27,7 @@ Nothing is downloaded: torchvision and timm models are built with ``weights=None
 
 from __future__ import annotations
 
+import copy
 import gc
 import os
 import sys
@@ -121,6 +123,33 @@ def _tv_seg(name, **kw):
     return build
 
 
+def _tv_det(name, **kw):
+    def build():
+        import torchvision
+        return getattr(torchvision.models.detection, name)(
+            weights=None, weights_backbone=None, num_classes=3, **kw)
+    return build
+
+
+def _detection_inputs(size):
+    """Images and boxes: in training mode these detectors compute their losses without
+    torchvision's compiled ops (nms runs only when they predict)."""
+    def make(model, g):
+        images = [torch.rand(3, size, size, generator=g) for _ in range(2)]
+        targets = []
+        for _ in images:
+            xy = torch.rand(2, 2, generator=g) * size / 2
+            wh = torch.rand(2, 2, generator=g) * size / 3 + 4
+            targets.append({"boxes": torch.cat([xy, xy + wh], 1),
+                            "labels": torch.randint(1, 3, (2,), generator=g)})
+        return {"images": images, "targets": targets}
+    return make
+
+
+def _sum_losses(out):
+    return sum(out.values())
+
+
 def _timm(name, **kw):
     def build():
         import timm
@@ -180,6 +209,11 @@ CASES = [
          _image(32), "adam", "dataparallel"),
     Case("deeplabv3_mobilenet_v3_large", "torchvision",
          _tv_seg("deeplabv3_mobilenet_v3_large", aux_loss=True), _image(32), "groups"),
+    Case("fcos_resnet50_fpn", "torchvision",
+         _tv_det("fcos_resnet50_fpn", min_size=64, max_size=64), _detection_inputs(64), "sgd",
+         "dataparallel", freeze="backbone.body.conv1", loss=_sum_losses),
+    Case("ssdlite320_mobilenet_v3_large", "torchvision", _tv_det("ssdlite320_mobilenet_v3_large"),
+         _detection_inputs(96), "adamw", loss=_sum_losses),
     # timm
     Case("timm_vit_tiny", "timm", _timm("vit_tiny_patch16_224", img_size=32), _image(32),
          "adamw", "compile"),
@@ -243,6 +277,31 @@ CASES = [
              encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
              decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
              max_position_embeddings=32), _tokens(_V, labels=True), "adam", "dataparallel"),
+    # a parameter on the model itself (logit_scale), two towers
+    Case("clip", "transformers",
+         _hf("CLIPModel", "CLIPConfig",
+             text_config=dict(vocab_size=_V, hidden_size=16, intermediate_size=32,
+                              num_hidden_layers=1, num_attention_heads=2,
+                              max_position_embeddings=16),
+             vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                num_attention_heads=2, image_size=16, patch_size=4),
+             projection_dim=8),
+         lambda m, g: {"input_ids": torch.randint(1, _V, (2, 6), generator=g),
+                       "pixel_values": torch.randn(2, 3, 16, 16, generator=g),
+                       "return_loss": True}, "groups", "compile"),
+    # one layer's weights shared by every layer (a module reached under one path)
+    Case("albert", "transformers",
+         _hf("AlbertModel", "AlbertConfig", vocab_size=_V, embedding_size=8, hidden_size=16,
+             num_hidden_layers=3, num_attention_heads=2, intermediate_size=32,
+             max_position_embeddings=32), _tokens(_V), "adam"),
+    Case("deberta_v2", "transformers",
+         _hf("DebertaV2Model", "DebertaV2Config", vocab_size=_V, hidden_size=16,
+             num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+             max_position_embeddings=32, relative_attention=True, pos_att_type=["p2c", "c2p"],
+             max_relative_positions=8), _tokens(_V), "adamw"),
+    Case("gemma", "transformers",
+         _hf("GemmaForCausalLM", "GemmaConfig", head_dim=8, **_DECODER),
+         _tokens(_V, labels=True), "adam", "dataparallel"),
     Case("roberta", "transformers", _hf("RobertaModel", "RobertaConfig", **_BERT),
          _tokens(_V), "adam_named", "compile"),
     Case("distilbert", "transformers",
@@ -475,6 +534,45 @@ def check_positional_conversions(case, model, opt, exported):
                     f"{case.name}: {path}: converted {k} differs")
 
 
+def check_failed_import_changes_nothing(case, wrapped, dst, dst_opt, path, mapping, fail_at):
+    """An import that fails at its ``fail_at``-th assignment (after weights and state were
+    assigned and created) is rolled back: every weight, buffer and state entry, and the
+    order of the optimizer's state, as before."""
+    import optstate_format as osf
+    from optstate_format.converters import torch as conv
+    weights = {k: v.clone() for k, v in dst.state_dict().items()}
+    opt_before = copy.deepcopy(dst_opt.state_dict())
+    real, calls = conv.ADAPTER.adopt, []
+
+    def failing(handle, value):
+        calls.append(handle)
+        if len(calls) == fail_at:
+            raise RuntimeError("injected failure")
+        real(handle, value)
+    conv.ADAPTER.adopt = failing
+    try:
+        osf.import_state(wrapped, path, optimizer=dst_opt, mapping=mapping, include_weights=True)
+        raise AssertionError(f"{case.name}: the injected failure did not fail the import")
+    except osf.OptStateError:
+        pass
+    finally:
+        del conv.ADAPTER.adopt
+    assert len(calls) == fail_at, f"{case.name}: the import made {len(calls)} assignments"
+    where = f"{case.name} after a failed import"
+    after = dst.state_dict()
+    assert list(after) == list(weights), f"{where}: state_dict keys changed"
+    assert all(_equal(weights[k], after[k]) for k in weights), f"{where}: a weight changed"
+    assert _same(opt_before, dst_opt.state_dict()), f"{where}: the optimizer changed"
+
+
+def _same(a, b):
+    if isinstance(a, dict):
+        return isinstance(b, dict) and list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(map(_same, a, b))
+    return _equal(a, b)
+
+
 def run_case(case, workdir, row):
     """Train, export, rebuild, import, check, continue, filling ``row``; raises
     AssertionError on a wrong value."""
@@ -518,6 +616,9 @@ def run_case(case, workdir, row):
 
         def mapping(file_path):
             return "0/" + file_path
+    # halfway through the tensors: weights, and state the import had to create, assigned
+    check_failed_import_changes_nothing(case, wrapped, dst, dst_opt, path, mapping,
+                                        fail_at=row.tensors)
     t = time.perf_counter()
     report = osf.import_state(wrapped, path, optimizer=dst_opt, mapping=mapping,
                               include_weights=True)
