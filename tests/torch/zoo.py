@@ -54,8 +54,9 @@ def _torchvision_without_its_ops():
     torch 2.13.0 its ``_C`` extension does not load (libc10_cuda.so), and torchvision's import
     then fails registering fake kernels for ``torchvision::nms`` / ``qnms``, operators that were
     never defined. Defining their schemas (no kernel) lets the pure-Python models import; the
-    ops themselves still raise torchvision's own "Couldn't load custom C++ ops" if called, so
-    detection models (which call nms) are not in this zoo."""
+    ops themselves still raise torchvision's own "Couldn't load custom C++ ops" if called: the
+    detectors here train without them (nms runs only when they predict); Faster/Mask R-CNN's
+    RoIAlign would not."""
     try:
         import torchvision  # noqa: F401
         return
