@@ -1,13 +1,27 @@
 """The PyTorch model zoo through pytest (tests/torch/zoo.py): the CI subset always, every case
 with OPTSTATE_ZOO=1 (or `make zoo-torch`, which runs the script and prints the table)."""
 
+import importlib.util
 import os
+import sys
+from pathlib import Path
 
 import pytest
 
 torch = pytest.importorskip("torch")
 
-import zoo  # noqa: E402  (tests/torch is on sys.path: rootdir-relative test imports)
+
+def _load_zoo():
+    """tests/torch/zoo.py under its own module name: ``import zoo`` would find the Keras zoo
+    (tests/keras3/zoo.py) when pytest collected that first."""
+    spec = importlib.util.spec_from_file_location("torch_zoo", Path(__file__).with_name("zoo.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while being built
+    spec.loader.exec_module(module)
+    return module
+
+
+zoo = _load_zoo()
 
 try:
     zoo._torchvision_without_its_ops()

@@ -3,19 +3,22 @@
 Nothing is downloaded: torchvision and timm models are built with ``weights=None`` /
 ``pretrained=False``, transformers models from tiny configs. Each case:
 
-1. builds the model (seed 0), trains two steps with its optimizer (Adam, AdamW, SGD with
-   momentum, or two parameter groups with their own lr and weight decay), and exports;
+1. builds the model (seed 0), trains two steps with its optimizer (Adam, AdamW, fused AdamW,
+   Adam over ``named_parameters()``, SGD with momentum, or two parameter groups with their own
+   lr and weight decay; some with an LR scheduler), exports it with its weights, and checks that
+   torch's own saved forms of that state (positional ``state_dict()``,
+   ``get_optimizer_state_dict``) convert to the same slots;
 2. builds it again with another seed, the way users rebuild: wrapped (``nn.DataParallel``'s or
-   DDP's ``module.``, ``torch.compile``'s ``_orig_mod.``, an ``nn.Sequential``), the parameter
-   groups listed in the other order, a layer frozen on both sides;
-3. imports weights and optimizer state with
-   ``osf.import_state(wrapped, path, optimizer=new_opt, include_weights=True)`` and checks
-   every parameter and persistent buffer (BatchNorm statistics) against ``state_dict()``;
-4. (first, an import failing halfway must leave every weight and state entry as it was;)
-   checks every state entry (``exp_avg``, ``exp_avg_sq``, ``step``, ``momentum_buffer``...) of
-   every parameter against the source's entry for the parameter of the same
-   ``named_parameters()`` name (wrapper prefix stripped): an oracle that does not use optstate;
-   that tied parameters are still one tensor; each group's lr;
+   DDP's ``module.``, ``torch.compile``'s ``_orig_mod.``, an ``nn.Sequential`` with
+   ``mapping=``), the parameter groups listed in the other order, a layer frozen on both sides;
+3. makes an import fail halfway: every weight, buffer and state entry must be as before;
+4. imports with ``osf.import_state(wrapped, path, optimizer=new_opt, include_weights=True)``
+   and checks every parameter and persistent buffer (BatchNorm statistics) by its
+   ``state_dict()`` name, and every state entry (``exp_avg``, ``exp_avg_sq``, ``step``,
+   ``momentum_buffer``...) against the source's entry for the parameter of the same
+   ``named_parameters()`` name (wrapper prefix stripped), bit for bit and in torch's order: an
+   oracle that does not use optstate; tied parameters still one tensor; each group's
+   hyperparameters, lr included;
 5. takes two more steps on both (LR schedulers too, restored with ``restore_scheduler``), same
    batches, same RNG, and checks the parameters, the buffers, the whole optimizer state and
    the groups' hyperparameters bit for bit against the uninterrupted source.
