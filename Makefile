@@ -8,7 +8,11 @@ OLD_VENV  := .venv-oldest
 OLD_STAMP := $(OLD_VENV)/.installed-stamp
 OLDEST    := 'tensorflow==2.20.*' 'keras==3.12.*' 'tf-keras==2.20.*'
 
-.PHONY: setup demo demo-torch test test-core test-oldest mutate bench conformance zoo clean
+TORCH_ZOO := 'torchvision==0.28.0' 'pillow==12.3.0' 'timm==1.0.29' 'transformers==5.18.0' \
+	'huggingface_hub==1.33.0' 'httpx==0.28.1' 'httpcore==1.0.9' 'h11==0.16.0' 'anyio==4.16.0'
+
+.PHONY: setup demo demo-torch test test-core test-oldest mutate bench conformance zoo zoo-torch \
+	clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +24,13 @@ $(STAMP): pyproject.toml Makefile
 	# dependencies, which would bring tensorflow-text and hub downloads; it needs regex and
 	# tokenizers to import.
 	$(BIN)/python -m pip install --quiet --no-deps 'keras-hub==0.32.0' 'regex>=2023' 'tokenizers>=0.19'
+	# The PyTorch model zoo (tests/torch/zoo.py) builds torchvision, timm and transformers models
+	# from code and tiny configs, nothing downloaded. Without their dependencies, so that torch
+	# stays the CPU build above: torchvision 0.28.0 is the release made for torch 2.13.0 (its
+	# compiled ops are a CUDA build and do not load: the zoo defines the two it needs to import),
+	# pillow for its import; timm 1.0.29; transformers 5.18 with huggingface_hub and the httpx
+	# stack it imports. About 20 s on the project machine.
+	$(BIN)/python -m pip install --quiet --no-deps $(TORCH_ZOO)
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -66,6 +77,12 @@ bench: $(STAMP)
 # prints the table (long: see README).
 zoo: $(STAMP)
 	KERAS_BACKEND=tensorflow $(BIN)/python tests/keras3/zoo.py
+
+# Every case of tests/torch/zoo.py (torchvision, timm, transformers): train, export, rebuild
+# wrapped or regrouped, import, check each state entry by name, continue bit for bit; prints the
+# table. `make test` runs the CI subset (tests/torch/test_torch_zoo.py).
+zoo-torch: $(STAMP)
+	$(BIN)/python tests/torch/zoo.py
 
 conformance: $(STAMP)
 	$(BIN)/python spec/generate.py

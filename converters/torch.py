@@ -21,6 +21,7 @@ as data (``restore_scheduler``).
 from __future__ import annotations
 
 import re
+import sys
 import threading
 import warnings
 
@@ -37,7 +38,12 @@ from optstate_format._state import OptimizerInfo, OptimizerState
 from optstate_format.adapter import (ABSENT, BaseAdapter, ModelDescription, ModelWeight,
                                      OptimizerDescription, Variable, WeightSlots)
 
+from ._private import PrivateAPI
 from ._torch_tables import LBFGS_REASON, TORCH_OPTIMIZERS, StateKey
+
+# The private torch names this converter reads beyond nn.Module's own storage.
+PRIVATE = PrivateAPI("torch", torch.__version__, ">=2.1", attrs={
+    "_orig_mod": "the module torch.compile wrapped (OptimizedModule)"})
 
 try:  # the dtype torch.optim gives scalar state (float64 when that is the default dtype)
     from torch.optim.optimizer import _get_scalar_dtype
@@ -129,10 +135,12 @@ class _StateSlot:
     by restoring ABSENT.
     """
 
-    __slots__ = ("state", "param", "spec", "group", "companions", "pre", "shape", "dtype")
+    __slots__ = ("state", "param", "spec", "group", "companions", "pre", "shape", "dtype",
+                 "groups")
 
-    def __init__(self, state, param, spec, group, companions):
+    def __init__(self, state, param, spec, group, companions, groups=()):
         self.state, self.param, self.spec, self.group = state, param, spec, group
+        self.groups = groups  # all the optimizer's param_groups: the order of its state
         self.companions = companions  # the StateKeys torch creates together with this one
         entry = state.get(param)
         self.pre = None if entry is None else frozenset(entry)
@@ -248,6 +256,8 @@ class TorchAdapter(BaseAdapter):
     def __init__(self):
         self._lock = threading.Lock()
         self._deferred = []  # (state entry, key, _Deferred) of companions not yet created
+        # id(optimizer.state) -> (that state, its param_groups, params given a new entry)
+        self._created = {}
 
     # ---- model ----------------------------------------------------------------------------
     def describe_model(self, model) -> ModelDescription:
@@ -257,6 +267,7 @@ class TorchAdapter(BaseAdapter):
         if not isinstance(model, nn.Module):
             raise UnsupportedError(f"expected a torch.nn.Module; received "
                                    f"{type(model).__name__}.")
+        model = unwrap(model)
         walk = _Walk()
         graph = walk.graph(model, [], True)
         return ModelDescription(walk.weights, graph, producer={
@@ -338,7 +349,7 @@ class TorchAdapter(BaseAdapter):
             if present and entry[sk.key] is None:
                 continue
             if present or (create and sk in expected):
-                h = _StateSlot(view.state, p, sk, group, tuple(expected))
+                h = _StateSlot(view.state, p, sk, group, tuple(expected), view.param_groups)
                 out[sk.slot] = Variable(h, h.shape, h.dtype, exists=h.existed)
         return out
 
@@ -347,7 +358,12 @@ class TorchAdapter(BaseAdapter):
         if isinstance(handle, torch.Tensor):
             return _to_numpy(handle)
         if isinstance(handle, _StateSlot):
-            value = handle.state[handle.param][handle.spec.key]
+            entry = handle.state.get(handle.param)
+            value = None if entry is None else entry.get(handle.spec.key)
+            if value is None or isinstance(value, _Deferred):
+                # not created yet (a fresh optimizer; the core reads it to keep the target's
+                # own value outside a resized region): the value torch will start from
+                value = _create(handle.spec, handle.group, handle.param)
             if isinstance(value, torch.Tensor):
                 if handle.spec.layout in ("rows", "cols") and value.dim() >= 2:
                     value = value.squeeze(-1 if handle.spec.layout == "rows" else -2)
@@ -377,16 +393,22 @@ class TorchAdapter(BaseAdapter):
             entry = handle.state.get(handle.param)
             if entry is None:
                 entry = handle.state[handle.param] = {}
+                with self._lock:
+                    self._created.setdefault(id(handle.state), (
+                        handle.state, handle.groups, []))[2].append(handle.param)
             key = handle.spec.key
             if key not in entry:
                 # torch initialises a parameter's state all at once and only when it has none:
                 # every entry it would create is created (its own initial values), so a
                 # partial import never leaves state torch cannot step with. A tensor shaped
                 # like the parameter waits as a _Deferred until finish(): the import usually
-                # assigns it next, and zeros made now would be thrown away.
+                # assigns it next, and zeros made now would be thrown away. Entries go in in
+                # torch's creation order (the order of state_dict() and of torch.save), the
+                # assigned one included: None holds its place until it is set below.
                 for sk in handle.companions or (handle.spec,):
-                    if sk.key not in entry and sk is not handle.spec:
-                        entry[sk.key] = self._companion(entry, sk, handle)
+                    if sk.key not in entry:
+                        entry[sk.key] = (None if sk is handle.spec
+                                         else self._companion(entry, sk, handle))
                 spec = handle.spec
                 if spec.python is int or ":" in spec.init:  # a number or a scalar: its type
                     entry[key] = _create(spec, handle.group, handle.param)
@@ -433,9 +455,14 @@ class TorchAdapter(BaseAdapter):
         torch itself would have created. Those a rollback removed are gone already."""
         with self._lock:
             waiting, self._deferred = self._deferred, []
+            created, self._created = list(self._created.values()), {}
         for entry, key, marker in waiting:
             if entry.get(key) is marker:
                 entry[key] = _create(marker.spec, marker.group, marker.param)
+        for state, groups, params in created:
+            new = {id(p) for p in params}
+            if any(id(k) in new for k in state):  # a rolled back import leaves the order alone
+                _in_parameter_order(state, groups)
 
     def snapshot(self, handle):
         if isinstance(handle, _StateSlot):
@@ -464,6 +491,18 @@ class TorchAdapter(BaseAdapter):
 
 
 ADAPTER = TorchAdapter()
+
+
+def _in_parameter_order(state, groups):
+    """Put ``optimizer.state``'s entries in the order of its parameters, as torch's steps
+    create them (an import creates them in the file's order): ``state_dict()`` then numbers
+    and lists them as in the uninterrupted run. The entries themselves are not touched."""
+    order = {id(p): i for i, p in enumerate(p for g in groups for p in g["params"])}
+    items = list(state.items())
+    ranked = sorted(items, key=lambda kv: order.get(id(kv[0]), len(order)))
+    if [id(k) for k, _ in ranked] != [id(k) for k, _ in items]:
+        state.clear()
+        state.update(ranked)
 
 
 def _split(optimizer):
@@ -553,6 +592,29 @@ def _scheduler_info(scheduler):
 
 
 # ---- model walk --------------------------------------------------------------------------------
+def unwrap(model):
+    """The module a training wrapper runs: ``nn.DataParallel`` and ``DistributedDataParallel``
+    (``.module``), ``torch.compile`` (``._orig_mod``), nested in any order. They hold no weight
+    and play no role of their own, so their names (``module.``, ``_orig_mod.``) are in no
+    path: state exported under DDP imports into the plain model, the compiled one, and back.
+
+    >>> unwrap(nn.DataParallel(nn.Linear(2, 2)))
+    Linear(in_features=2, out_features=2, bias=True)
+    """
+    while True:
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif _is_compiled(model):
+            model = PRIVATE.get(model, "_orig_mod")
+        else:
+            return model
+
+
+def _is_compiled(model):
+    frame = sys.modules.get("torch._dynamo.eval_frame")  # imported by torch.compile itself
+    return frame is not None and isinstance(model, frame.OptimizedModule)
+
+
 def _owns_weights(module) -> bool:
     """Whether the module (or a submodule) holds a parameter or a persistent buffer."""
     for m in module.modules():
@@ -582,6 +644,12 @@ class _Walk:
             if t is None or id(t) in self.seen:
                 continue
             local = sanitize_segment(key)
+            if isinstance(t, nn.parameter.UninitializedTensorMixin):
+                where = "/".join(path + [local])
+                raise UnsupportedError(
+                    f"{where} belongs to a lazy {type(module).__name__} that has not run yet: it "
+                    "has no shape, so no state can be matched to it. Run one forward pass "
+                    "(e.g. on a dummy batch) before exporting or importing.", path=where)
             wid = len(self.weights)
             self.seen[id(t)] = wid
             self.weights.append(ModelWeight(
@@ -796,6 +864,7 @@ def from_dcp_state_dict(model, optimizer, osd, path=None, *, scheduler=None, met
 
     >>> # osd = get_optimizer_state_dict(model, opt); from_dcp_state_dict(model, opt, osd, p)
     """
+    model = unwrap(model)  # get_optimizer_state_dict names parameters without the wrappers
     fqns = dict(model.named_parameters(remove_duplicate=False))
     names = {id(p): n for n, p in fqns.items()}
     if "state" not in osd and any(str(k).startswith("state.") for k in osd):
