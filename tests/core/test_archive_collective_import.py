@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import optstate_format as osf
+from crafting import damage_piece
 from fake_processes import Arr, Handle, Shard, run_processes
 from optstate_format import _api, _archive, _io
 from optstate_format._identity import Graph
@@ -203,22 +204,9 @@ def test_a_single_file_is_read_whole_and_cut_into_regions(monkeypatch, tmp_path)
         np.testing.assert_array_equal(ad.values[("m", "kernel")], KERNEL_M[_cols(p)])
 
 
-def _damage_piece(path, tensor, start):
-    """Flip one byte of the stored piece of ``tensor`` that starts at ``start``."""
-    doc = osf.read_header(path)
-    part = next(p for p in doc["archive"]["pieces"][tensor]["parts"] if p["start"] == start)
-    shard = path / part["file"]
-    raw = bytearray(shard.read_bytes())
-    n = int.from_bytes(raw[:8], "little")
-    import json
-    entry = json.loads(raw[8:8 + n])[part["key"]]
-    raw[8 + n + entry["data_offsets"][0] + 1] ^= 0x40
-    shard.write_bytes(bytes(raw))
-
-
 def test_a_piece_damaged_for_one_process_fails_every_process_before_any_assignment(
         monkeypatch, pieces_archive):
-    _damage_piece(pieces_archive, "slot:dense/kernel:v", [0, 4])  # process 1's half only
+    damage_piece(pieces_archive, "slot:dense/kernel:v", [0, 4])  # process 1's half only
     adapters = [SplitAdapter(0), SplitAdapter(1)]
     before = _snapshot(adapters)
     errors = _import_everywhere(monkeypatch, pieces_archive, adapters)

@@ -3,7 +3,6 @@ model into one sharded archive (spec 14.10): under DataParallel every tensor is 
 and written once; under ModelParallel the split kernel is written as its two halves, one by
 each process. The archive is then read, checked and imported by this single process."""
 
-import json
 import os
 import shutil
 import socket
@@ -18,6 +17,7 @@ keras = pytest.importorskip("keras")
 pytest.importorskip("jax")
 
 import optstate_format as osf  # noqa: E402
+from crafting import damage_piece  # noqa: E402
 from keras_models import import_into_two_dense  # noqa: E402
 
 pytestmark = pytest.mark.framework
@@ -146,15 +146,7 @@ def test_a_piece_damaged_for_one_process_fails_every_process_and_changes_nothing
     """Process 1's half of d1's kernel v is damaged; process 0 never reads it: both refuse
     the import (agreeing before any assignment) and keep every variable as it was."""
     archive, _ = mp_export
-    doc = osf.read_header(archive)
-    part = doc["archive"]["pieces"]["slot:d1/kernel:v"]["parts"][1]
-    assert part["start"] == [0, 8]
-    shard = archive / part["file"]
-    raw = bytearray(shard.read_bytes())
-    n = int.from_bytes(raw[:8], "little")
-    entry = json.loads(raw[8:8 + n])[part["key"]]
-    raw[8 + n + entry["data_offsets"][0] + 2] ^= 0x10
-    shard.write_bytes(bytes(raw))
+    damage_piece(archive, "slot:d1/kernel:v", [0, 8], byte=2, mask=0x10)
     outs = _spawn(IMPORTER, lambda p, port: [str(p), "2", port, "mp", str(archive),
                                              str(tmp_path / "expected.npz"), "refused"], 2)
     for p, out in enumerate(outs):

@@ -8,6 +8,7 @@ hand (struct, json, msgpack, zlib), never through the library under test, except
 import json
 import struct
 import zlib
+from pathlib import Path
 
 import msgpack
 import numpy as np
@@ -105,3 +106,17 @@ def globals_file(arrays, doc_edit=None):
     if doc_edit:
         doc_edit(doc)
     return container(tensors, doc=doc)
+
+
+def damage_piece(archive, tensor, start, byte=1, mask=0x40):
+    """Flip bits of one byte of the piece of ``tensor`` (spec 14.9) that starts at ``start``,
+    in its shard; the index and the shard's header stay as they were."""
+    doc = osf.read_header(archive)
+    part = next(p for p in doc["archive"]["pieces"][tensor]["parts"]
+                if list(p["start"]) == list(start))
+    shard = Path(archive) / part["file"]
+    raw = bytearray(shard.read_bytes())
+    table, _ = split(bytes(raw))
+    n = int.from_bytes(raw[:8], "little")
+    raw[8 + n + table[part["key"]]["data_offsets"][0] + byte] ^= mask
+    shard.write_bytes(bytes(raw))
