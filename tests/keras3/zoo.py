@@ -310,15 +310,13 @@ def run_all(selected, out=sys.stdout):
 def table(rows):
     head = ("model", "family", "params", "weights", "slots checked", "export s", "import s",
             "result")
-    lines = [head]
+    lines = []
     for r in rows:
         lines.append((r.model, r.family, f"{r.params:,}", str(r.weights), str(r.slots_checked),
                       f"{r.export_s:.2f}", f"{r.import_s:.2f}",
                       r.status if r.status == "ok" else f"{r.status}: {r.detail[:160]}"))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
-    text = ["| " + " | ".join(c.ljust(w) for c, w in zip(line, widths)) + " |"
-            for line in lines]
-    text.insert(1, "| " + " | ".join("-" * w for w in widths) + " |")
+    from helpers import markdown_table
+    text = markdown_table(head, lines)
     ok = sum(r.status == "ok" for r in rows)
     text.append(f"\n{ok} of {len(rows)} models imported by role, "
                 f"{sum(r.slots_checked for r in rows)} slots checked against their layer")

@@ -21,3 +21,14 @@ def adam_state(n_weights=3, seed=0, step=4, with_values=False):
                       {"kind": "constant", "value": 0.001}),
         step=step, weights=weights, globals={"iterations": np.array(step, np.int64)},
         producer={"framework": "test", "framework_version": "0"})
+
+
+def markdown_table(head, lines):
+    """A Markdown table of string cells, columns padded to their widest cell (the zoo
+    scripts print their results with it)."""
+    lines = [tuple(head)] + [tuple(line) for line in lines]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    text = ["| " + " | ".join(c.ljust(w) for c, w in zip(line, widths)) + " |"
+            for line in lines]
+    text.insert(1, "| " + " | ".join("-" * w for w in widths) + " |")
+    return text

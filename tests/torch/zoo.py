@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
 torch.set_num_threads(1)
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -689,16 +690,14 @@ def run_all(selected, out=sys.stdout):
 def table(rows):
     head = ("model", "family", "optimizer", "rebuilt as", "params", "tensors",
             "entries checked", "export s", "import s", "case s", "result")
-    lines = [head]
+    lines = []
     for r in rows:
         lines.append((r.model, r.family, r.optimizer, r.rebuild, f"{r.params:,}", str(r.tensors),
                       str(r.entries_checked), f"{r.export_s:.2f}", f"{r.import_s:.2f}",
                       f"{r.case_s:.1f}",
                       r.status if r.status == "ok" else f"{r.status}: {r.detail[:160]}"))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
-    text = ["| " + " | ".join(c.ljust(w) for c, w in zip(line, widths)) + " |"
-            for line in lines]
-    text.insert(1, "| " + " | ".join("-" * w for w in widths) + " |")
+    from helpers import markdown_table
+    text = markdown_table(head, lines)
     ok = sum(r.status == "ok" for r in rows)
     text.append(f"\n{ok} of {len(rows)} models imported by role and continued bit for bit, "
                 f"{sum(r.entries_checked for r in rows)} state entries checked by name")
