@@ -282,3 +282,101 @@ def test_the_shard_and_piece_limits_are_inclusive(monkeypatch):
     monkeypatch.setattr(_archive, "MAX_PIECES", 1)
     assert _raised(_archive._archive_field, _doc()) == (
         "E_LIMIT", "slot:w:v", "archive.pieces['slot:w:v'] has 2 parts; 1 to 1 are allowed.")
+
+
+# --- a shard's own document against the index (spec 14.3) ----------------------------------
+
+def _shard_doc():
+    return {"format": "optstate-shard", "version": "1.2", "checksum": "crc32", "archive": GEN,
+            "checksums": {"a": 1, "b": 2}}
+
+
+_FORM = ": its document must have format 'optstate-shard' and a version."
+SHARD_DOC_CASES = [
+    ("another format", lambda d: d.update(format="optstate-archive"), ("E_SCHEMA", None, _FORM)),
+    ("no version", lambda d: d.pop("version"), ("E_SCHEMA", None, _FORM)),
+    ("a bad version", lambda d: d.update(version="x"), ("E_SCHEMA", None, _FORM)),
+    ("another checksum", lambda d: d.update(checksum="sha256"),
+     ("E_SCHEMA", None, ": checksum algorithm must be 'crc32'.")),
+    ("checksums a list", lambda d: d.update(checksums=[]),
+     ("E_SCHEMA", None, " checksums must be dict, got list.")),
+    ("another generation", lambda d: d.update(archive="f" * 16),
+     ("E_ARCHIVE_MISMATCH", None, " belongs to archive generation 'ffffffffffffffff', the index "
+      "to '0123456789abcdef': the folder mixes files of two exports.")),
+    ("no generation", lambda d: d.pop("archive"),
+     ("E_ARCHIVE_MISMATCH", None, " belongs to archive generation 'None', the index to "
+      "'0123456789abcdef': the folder mixes files of two exports.")),
+    ("a long generation", lambda d: d.update(archive="9" * 50),
+     ("E_ARCHIVE_MISMATCH", None, f"belongs to archive generation {'9' * 40!r}, the index to "
+      "'0123456789abcdef': the folder mixes files of two exports.")),
+    ("a crc32 missing", lambda d: d["checksums"].pop("b"),
+     ("E_ARCHIVE_MISMATCH", "b", " records crc32 None for tensor 'b'; the index records 2.")),
+    ("a crc32 a float", lambda d: d["checksums"].update(b=2.0),
+     ("E_ARCHIVE_MISMATCH", "b", " records crc32 2.0 for tensor 'b'; the index records 2.")),
+    ("a crc32 a bool", lambda d: d["checksums"].update(a=True),
+     ("E_ARCHIVE_MISMATCH", "a", " records crc32 True for tensor 'a'; the index records 1.")),
+    ("a crc32 differs", lambda d: d["checksums"].update(b=3),
+     ("E_ARCHIVE_MISMATCH", "b", " records crc32 3 for tensor 'b'; the index records 2.")),
+    ("a crc32 the index lacks", lambda d: d["checksums"].update(z=0),
+     ("E_ARCHIVE_MISMATCH", "z", " records crc32 0 for tensor 'z'; the index records None.")),
+    ("crc32s of other tensors", lambda d: d["checksums"].update(c=3, d=4, e=5, f=6),
+     ("E_SCHEMA", None, " records checksums of tensors it does not hold: ['c', 'd', 'e'].")),
+]
+
+
+@pytest.mark.parametrize("edit, want", [c[1:] for c in SHARD_DOC_CASES],
+                         ids=[c[0] for c in SHARD_DOC_CASES])
+def test_each_broken_shard_document_is_refused_with_its_error(edit, want):
+    d = _shard_doc()
+    edit(d)
+    expect = ["a", "b", "z"] if "z" in d["checksums"] else ["a", "b"]
+    code, key, msg = _raised(_archive._shard_doc, d, "s1", GEN, expect, {"a": 1, "b": 2, "c": 3})
+    assert (code, key, msg) == (want[0], want[1], f"shard 's1'{want[2]}")
+
+
+def test_a_matching_shard_document_passes():
+    assert _archive._shard_doc(_shard_doc(), "s1", GEN, ["a", "b"], {"a": 1, "b": 2}) is None
+
+
+# --- crc32 of pieces, regions meeting pieces ------------------------------------------------
+
+@pytest.mark.parametrize("dtype, item", [("float32", 4), ("float64", 8), ("int8", 1),
+                                         ("bfloat16", 2)])
+def test_the_crc32_of_pieces_is_the_crc32_of_their_bytes_in_order(dtype, item):
+    rng = np.random.default_rng(3)
+    boxes = [([0, 0], [2, 3]), ([2, 0], [3, 3]), ([0, 3], [3, 5])]
+    raw = [rng.bytes(item * (b[0] - a[0]) * (b[1] - a[1])) for a, b in boxes]
+    parts = [("f", f"k{i}", a, b, zlib.crc32(r)) for i, ((a, b), r) in enumerate(zip(boxes, raw))]
+    assert _archive._combined_crc(dtype, parts) == zlib.crc32(b"".join(raw))
+    assert _archive._combined_crc(dtype, parts[:1]) == zlib.crc32(raw[0])
+    assert _archive._combined_crc(dtype, []) == 0
+
+
+def test_a_region_meets_a_piece_only_when_they_share_an_element():
+    piece = ([2, 4], [5, 8])
+    assert _archive._meets(((0, 0), (3, 5)), *piece)      # shares [2, 4]
+    assert _archive._meets(((4, 7), (9, 9)), *piece)      # shares [4, 7]
+    assert _archive._meets(((2, 4), (5, 8)), *piece)
+    assert not _archive._meets(((0, 0), (2, 9)), *piece)  # ends where the piece starts
+    assert not _archive._meets(((5, 0), (9, 9)), *piece)  # starts where the piece ends
+    assert not _archive._meets(((0, 0), (9, 4)), *piece)  # second axis only touches
+    assert not _archive._meets(((0, 8), (9, 9)), *piece)
+    assert _archive._meets(((), ()), [], [])              # a scalar meets itself
+
+
+def test_named_prefixes_our_errors_once_with_the_tensor_or_path():
+    for kw, where in (({"key": "t"}, " [tensor='t']"), ({"path": "p", "key": "t"}, " [path='p']"),
+                      ({}, "")):
+        with pytest.raises(FormatError) as e:
+            with _archive._named("shard 'x'"):
+                raise FormatError("it is bad.", code="E_SCHEMA", **kw)
+        assert e.value.msg == "shard 'x': it is bad."
+        assert str(e.value) == f"E_SCHEMA: shard 'x': it is bad.{where}"
+    with pytest.raises(FormatError) as e:  # already named: left as it is
+        with _archive._named("shard 'x'"):
+            raise FormatError("shard 'x' is bad.", code="E_SCHEMA")
+    assert str(e.value) == "E_SCHEMA: shard 'x' is bad."
+    with pytest.raises(KeyError) as e:  # not ours: untouched
+        with _archive._named("shard 'x'"):
+            raise KeyError("k")
+    assert e.value.args == ("k",)
