@@ -307,7 +307,7 @@ SHARD_DOC_CASES = [
      ("E_ARCHIVE_MISMATCH", None, " belongs to archive generation 'None', the index to "
       "'0123456789abcdef': the folder mixes files of two exports.")),
     ("a long generation", lambda d: d.update(archive="9" * 50),
-     ("E_ARCHIVE_MISMATCH", None, f"belongs to archive generation {'9' * 40!r}, the index to "
+     ("E_ARCHIVE_MISMATCH", None, f" belongs to archive generation {'9' * 40!r}, the index to "
       "'0123456789abcdef': the folder mixes files of two exports.")),
     ("a crc32 missing", lambda d: d["checksums"].pop("b"),
      ("E_ARCHIVE_MISMATCH", "b", " records crc32 None for tensor 'b'; the index records 2.")),
