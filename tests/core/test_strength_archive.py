@@ -4,7 +4,6 @@ every process of a job (spec 14.11): each index field broken alone, with its exa
 and the bytes counted; what the processes tell each other. Framework-free and fast; written
 against the survivors of the mutmut run of docs/mutation.md (2026-11-29, branch mutarch)."""
 
-import copy
 import zlib
 
 import numpy as np
@@ -380,3 +379,245 @@ def test_named_prefixes_our_errors_once_with_the_tensor_or_path():
         with _archive._named("shard 'x'"):
             raise KeyError("k")
     assert e.value.args == ("k",)
+
+
+# --- an archive on disk: one tensor in three pieces over three shards -----------------------
+
+V = np.arange(24, dtype=np.float32).reshape(4, 6) - 5.5
+BM = np.arange(6, dtype=np.float64) * 1.25
+TILES = ((0, 4, 0, 2), (0, 2, 2, 6), (2, 4, 2, 6))  # rows, columns of the pieces of slot:w:m
+
+
+def _state(v=V, tiles=TILES):
+    import optstate_format as osf
+    from fake_processes import Arr, Handle, Shard
+    pieces = [Shard((slice(a, b), slice(c, d)), 0, v[a:b, c:d]) for a, b, c, d in tiles]
+    return osf.OptimizerState(osf.OptimizerInfo("adam", "Adam"), step=2, weights=[
+        osf.WeightEntry("w", v.shape, "float32", hints={"structural": None, "name": "w"}, slots={
+            "m": _archive.Sourced(v.shape, "float32", None, Handle(Arr(pieces))), "v": v + 1}),
+        osf.WeightEntry("b", (6,), "float64", hints={"structural": None, "name": "b"},
+                        slots={"m": BM, "v": BM * 2})],
+        globals={"iterations": np.array(2, np.int64)})
+
+
+def _write(path, state=None, size=40):
+    from fake_processes import run_processes
+    out = run_processes(1, lambda p, procs: _archive.write_distributed(
+        state or _state(), path, max_shard_size=size, fsync=False, procs=procs))
+    assert out == [path]
+    return path
+
+
+@pytest.fixture
+def arc(tmp_path):
+    return _write(tmp_path / "a")
+
+
+def _index(path):
+    a = _archive.Archive(path, shards=False)
+    a.close()
+    return a.doc
+
+
+def _edit(path, edit):
+    """Rewrite the index of ``path`` with ``edit(doc)`` applied."""
+    doc = _index(path)
+    edit(doc)
+    (path / IDX).unlink()
+    tmp = _archive._write_temp(path, IDX, 0o644, False, _archive._fill_index(doc))
+    (path / IDX).parent.joinpath(tmp).rename(path / IDX)
+
+
+def _parts(doc, key="slot:w:m"):
+    return doc["archive"]["pieces"][key]["parts"]
+
+
+def _recombine(doc, key="slot:w:m"):
+    rec = doc["archive"]["pieces"][key]
+    doc["checksums"][key] = _archive._combined_crc(rec["dtype"], [
+        (p["file"], p["key"], p["start"], p["stop"], p["crc32"]) for p in rec["parts"]])
+
+
+def _opened(path):
+    with pytest.raises(FormatError) as e:
+        _archive.Archive(path)
+    return e.value.code, e.value.key, e.value.msg
+
+
+def test_an_archive_with_pieces_opens_to_its_exact_tables_and_reads_whole(arc):
+    a = _archive.Archive(arc)
+    doc = _index(arc)
+    names = sorted(doc["archive"]["files"])
+    assert a.generation == doc["archive"]["generation"] and a.version == (1, 2)
+    assert [p.name for p in a.parts] == names and len(names) == 7
+    assert a.tensors == {"global:iterations": ("int64", (), 0, 8),
+                         "slot:b:m": ("float64", (6,), 0, 48),
+                         "slot:b:v": ("float64", (6,), 0, 48),
+                         "slot:w:v": ("float32", (4, 6), 0, 96),
+                         "slot:w:m": ("float32", (4, 6), 0, 0)}
+    assert a.files == {n: (r["size"], r["header_crc32"])
+                       for n, r in doc["archive"]["files"].items()}
+    assert list(a.pieces) == ["slot:w:m"] and a.pieces["slot:w:m"][:2] == ("float32", (4, 6))
+    got = a.read_all(True)
+    assert sorted(got) == ["global:iterations", "slot:b:m", "slot:b:v", "slot:w:m", "slot:w:v"]
+    np.testing.assert_array_equal(got["slot:w:m"], V)
+    assert got["slot:w:m"].dtype == np.float32 and got["slot:w:m"].flags.writeable
+    np.testing.assert_array_equal(got["slot:w:v"], V + 1)
+    np.testing.assert_array_equal(got["slot:b:v"], BM * 2)
+    assert int(got["global:iterations"]) == 2
+    for k, v in a.read_all(False).items():
+        np.testing.assert_array_equal(v, got[k])
+
+
+def test_an_index_only_open_reads_no_shard(arc):
+    for name in sorted(_index(arc)["archive"]["files"]):
+        (arc / name).unlink()
+    a = _archive.Archive(arc, shards=False)
+    assert a.doc["archive"]["generation"] == a.generation and not hasattr(a, "tensors")
+    assert a.dfd is not None
+    a.close()
+    assert a.dfd is None
+
+
+def test_regions_read_only_the_pieces_they_meet_and_count_their_bytes(arc):
+    a = _archive.Archive(arc)
+    cases = [  # boxes of slot:w:m, the pieces (of 32 bytes each) they meet
+        ([((0, 0), (1, 1))], 32),
+        ([((0, 2), (2, 6))], 32),
+        ([((1, 1), (3, 4))], 96),
+        ([((3, 3), (4, 6)), ((3, 3), (4, 6))], 32),  # asked twice: read and cut once
+        ([((0, 0), (4, 2)), ((2, 2), (4, 6))], 64),
+    ]
+    for boxes, nbytes in cases:
+        out, counted = a.read_regions({"slot:w:m": boxes}, True, 1000)
+        assert counted == 1000 + nbytes, boxes
+        r = out["slot:w:m"]
+        assert (type(r).__name__, r.shape, r.dtype) == ("Regions", (4, 6), "float32")
+        assert list(r.boxes) == list(dict.fromkeys(boxes))
+        for (r0, c0), (r1, c1) in boxes:
+            arr = r.boxes[((r0, c0), (r1, c1))]
+            np.testing.assert_array_equal(arr, V[r0:r1, c0:c1])
+            assert arr.dtype == np.float32
+    out, counted = a.read_regions({"slot:w:m": None, "slot:w:v": [((1, 2), (3, 5))],
+                                   "slot:b:m": None}, False)
+    assert counted == 96 + 96 + 48
+    np.testing.assert_array_equal(out["slot:w:m"], V)
+    np.testing.assert_array_equal(out["slot:b:m"], BM)
+    r = out["slot:w:v"]
+    assert (r.shape, r.dtype, list(r.boxes)) == ((4, 6), "float32", [((1, 2), (3, 5))])
+    np.testing.assert_array_equal(r.boxes[((1, 2), (3, 5))], (V + 1)[1:3, 2:5])
+    assert a.read_regions({}, True, 7) == ({}, 7)
+
+
+def _names(path):
+    return sorted(_index(path)["archive"]["files"])
+
+
+def _swap_first_two_parts(doc):
+    a, b = _parts(doc)[:2]
+    for f in ("key", "file", "crc32"):
+        a[f], b[f] = b[f], a[f]
+    _recombine(doc)
+
+
+def test_index_checks_against_the_shards_name_the_tensor_and_shard(arc):
+    names = _names(arc)
+    by_key = {p["key"]: p["file"] for p in _parts(_index(arc))}
+    first, second = by_key["slot:w:m@0:4,0:2"], by_key["slot:w:m@0:2,2:6"]
+    crc0 = _parts(_index(arc))[0]["crc32"]
+
+    def crc_off(doc):
+        _parts(doc)[0]["crc32"] ^= 1
+        _recombine(doc)
+    cases = [
+        (lambda d: d.update(checksums=[]), ("E_SCHEMA", None,
+                                            "header.checksums must be dict, got list.")),
+        (lambda d: d["checksums"].update({"slot:w:m": 1}), (
+            "E_ARCHIVE_MISMATCH", "slot:w:m", "checksums['slot:w:m'] is not the crc32 of its "
+            "pieces' bytes in the order archive.pieces lists them (spec 14.9).")),
+        (crc_off, ("E_ARCHIVE_MISMATCH", "slot:w:m@0:4,0:2",
+                   f"shard {first!r} records crc32 {crc0} for tensor 'slot:w:m@0:4,0:2'; the "
+                   f"index records {crc0 ^ 1}.")),
+        (lambda d: d["archive"]["pieces"]["slot:w:m"].update(dtype="int32"), (
+            "E_ARCHIVE_MISMATCH", "slot:w:m", f"shard {first!r} holds the piece "
+            "'slot:w:m@0:4,0:2' as float32[4, 2]; the index says int32[4, 2].")),
+        (_swap_first_two_parts, (
+            "E_ARCHIVE_MISMATCH", "slot:w:m", f"shard {second!r} holds the piece "
+            "'slot:w:m@0:2,2:6' as float32[2, 4]; the index says float32[4, 2].")),
+        (lambda d: d["archive"]["files"][names[1]].update(header_crc32="00000000"), (
+            "E_ARCHIVE_MISMATCH", None, f"shard {names[1]!r}: its document crc32 is "
+            f"{_archive.Archive(arc).parts[1].metadata['optstate.header_crc32']!r}; the index "
+            "records '00000000': it is not the shard this index was written with.")),
+    ]
+    index = (arc / IDX).read_bytes()
+    for edit, want in cases:
+        (arc / IDX).write_bytes(index)
+        _edit(arc, edit)
+        assert _opened(arc) == want
+
+
+def test_shard_files_are_checked_against_the_index(arc):
+    names = _names(arc)
+    raw = (arc / names[1]).read_bytes()
+    pre = f"shard {names[1]!r}: "
+    (arc / names[1]).write_bytes(raw[:-1])
+    assert _opened(arc) == ("E_TRUNCATED", None, pre + f"it is {len(raw) - 1} bytes; the index "
+                            f"records {len(raw)}: it is truncated.")
+    (arc / names[1]).write_bytes(raw + b"x")
+    assert _opened(arc) == ("E_ARCHIVE_MISMATCH", None, pre + f"it is {len(raw) + 1} bytes; "
+                            f"the index records {len(raw)}.")
+    (arc / names[1]).unlink()
+    assert _opened(arc) == ("E_ARCHIVE_MISSING", None, pre + f"it is missing from the archive "
+                            f"{str(arc)!r}; it holds tensor 'slot:b:m'. Restore it (or, if "
+                            "another export replaced the archive meanwhile, read it again).")
+    (arc / names[1]).write_bytes(raw)
+
+    def moved(d):
+        sh = d["archive"]["shards"]
+        sh["slot:b:m"], sh["slot:b:v"] = sh["slot:b:v"], sh["slot:b:m"]
+    _edit(arc, moved)
+    assert _opened(arc) == ("E_ARCHIVE_MISMATCH", "slot:b:v", pre + "it holds tensors "
+                            "['slot:b:m'] the index does not put there and lacks ['slot:b:v'].")
+
+
+def test_a_missing_shard_of_several_tensors_says_how_many_more(tmp_path):
+    import optstate_format as osf
+    from helpers import adam_state
+    path = osf.write(adam_state(n_weights=3), tmp_path / "a", max_shard_size=10 ** 6)
+    (name,) = _names(path)
+    keys = sorted(_index(path)["archive"]["shards"])
+    (path / name).unlink()
+    assert _opened(path) == ("E_ARCHIVE_MISSING", None, f"shard {name!r}: it is missing from the "
+                             f"archive {str(path)!r}; it holds tensor {keys[0]!r} and "
+                             f"{len(keys) - 1} more. Restore it (or, if another export replaced "
+                             "the archive meanwhile, read it again).")
+
+
+def test_the_tensor_limit_counts_stored_pieces(arc, monkeypatch):
+    from optstate_format import _io
+    monkeypatch.setattr(_io, "MAX_TENSORS", 7)  # 4 whole tensors and 3 pieces
+    assert len(_archive.Archive(arc).tensors) == 5
+    monkeypatch.setattr(_io, "MAX_TENSORS", 6)
+    assert _opened(arc) == ("E_LIMIT", None, "more than 6 tensors; the limit is 6.")
+
+
+def test_a_broken_index_file_is_named(arc, tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert _opened(tmp_path / "empty") == (
+        "E_NOT_FILE", None, f"{str(tmp_path / 'empty')!r} is a folder without an archive index "
+        "(optstate-index.safetensors); an optstate archive is a regular file or a folder "
+        "holding that index. Name the file itself, or the archive folder.")
+    index = (arc / IDX).read_bytes()
+    for raw, want in [
+            (b"1234567", ("E_TRUNCATED", None, "the archive index: it is 7 bytes; it is "
+                                               "truncated.")),
+            ((100).to_bytes(8, "little") + b"{}" + b" " * 90, (
+                "E_HEADER_BOUNDS", None, "the archive index: its container header declares 100 "
+                "bytes; the file has 92 after the length field (limit 104857600).")),
+            ((arc / _names(arc)[0]).read_bytes(), (
+                "E_NOT_OPTSTATE", None, "the archive index: its metadata 'optstate.format' is "
+                "'optstate-shard', expected 'optstate-archive'."))]:
+        (arc / IDX).write_bytes(raw)
+        assert _opened(arc) == want
+    (arc / IDX).write_bytes(index[:8] + index[8:])
+    assert _archive.Archive(arc).generation == _index(arc)["archive"]["generation"]
