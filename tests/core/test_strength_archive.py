@@ -4,6 +4,7 @@ every process of a job (spec 14.11): each index field broken alone, with its exa
 and the bytes counted; what the processes tell each other. Framework-free and fast; written
 against the survivors of the mutmut run of docs/mutation.md (2026-11-29, branch mutarch)."""
 
+import os
 import zlib
 
 import numpy as np
@@ -621,3 +622,88 @@ def test_a_broken_index_file_is_named(arc, tmp_path):
         assert _opened(arc) == want
     (arc / IDX).write_bytes(index[:8] + index[8:])
     assert _archive.Archive(arc).generation == _index(arc)["archive"]["generation"]
+
+
+def test_a_damaged_piece_is_named_with_its_shard_and_only_when_read(arc):
+    from optstate_format._errors import IntegrityError
+    a = _archive.Archive(arc)
+    part = a.parts[4]
+    (key,) = set(part.tensors) - {HEADER_KEY}
+    assert key == "slot:w:m@0:4,0:2"
+    raw = bytearray((arc / part.name).read_bytes())
+    raw[part.data_start + part.tensors[key][2] + 1] ^= 0x40
+    (arc / part.name).write_bytes(bytes(raw))
+    a = _archive.Archive(arc)
+    msg = (f"tensor {key!r} in the shard {part.name!r} does not match its crc32: its bytes are "
+           "damaged. Restore the archive from a copy.")
+    for read in (lambda: a.read_all(True), lambda: a.read_regions({"slot:w:m": None}, True),
+                 lambda: a.read_regions({"slot:w:m": [((3, 1), (4, 2))]}, True)):
+        with pytest.raises(IntegrityError) as e:
+            read()
+        assert (type(e.value), e.value.code, e.value.key, e.value.msg) == (
+            IntegrityError, "E_CHECKSUM", key, msg)
+    got, n = a.read_regions({"slot:w:m": [((0, 3), (1, 4))]}, True)  # not the damaged piece
+    np.testing.assert_array_equal(got["slot:w:m"].boxes[((0, 3), (1, 4))], V[0:1, 3:4])
+    assert n == 32
+    assert a.read_all(False)["slot:w:m"][0, 0] != V[0, 0]  # read unverified: the bad byte
+
+
+def test_a_shard_replaced_or_removed_after_opening_is_refused(arc):
+    a = _archive.Archive(arc)
+    name = a.parts[2].name
+    raw = (arc / name).read_bytes()
+    os.unlink(arc / name)
+    with pytest.raises(FormatError) as e:
+        a.read_all(True)
+    assert (e.value.code, e.value.key, e.value.msg) == (
+        "E_ARCHIVE_MISSING", None, f"shard {name!r} of the archive {str(arc)!r} was removed "
+        "while it was read: another export replaced the archive. Read it again.")
+    (arc / name).write_bytes(raw)  # the same bytes, another file
+    os.utime(arc / name, ns=(1, 1))
+    with pytest.raises(FormatError) as e:
+        a.read_regions({"slot:b:v": None}, True)
+    assert (e.value.code, e.value.key, e.value.msg) == (
+        "E_ARCHIVE_MISMATCH", None, f"shard {name!r} changed while the archive was read; read "
+        "it again.")
+    got, _ = a.read_regions({"slot:b:m": None}, True)  # the other shards are as opened
+    np.testing.assert_array_equal(got["slot:b:m"], BM)
+
+
+@pytest.mark.parametrize("verify, over, cpus, side", [
+    (True, 0, 2, True), (True, 1, 2, False), (False, 0, 2, False), (True, 0, 1, False),
+    (True, 0, None, False)])
+def test_shards_are_read_side_by_side_only_when_it_pays(arc, monkeypatch, verify, over, cpus,
+                                                        side):
+    """In threads when verifying more than one shard, with more than one cpu, and at least
+    _PARALLEL_VERIFY_BYTES of data (here set to the archive's data bytes + ``over``)."""
+    from optstate_format import _io
+    data = sum(p.data_len for p in _archive.Archive(arc).parts)
+    monkeypatch.setattr(_io, "_PARALLEL_VERIFY_BYTES", data + over)
+    monkeypatch.setattr(os, "cpu_count", lambda: cpus)
+    seen, run = [], _io.run_jobs
+
+    def spy(fn, items, parallel):
+        seen.append((len(items), parallel))
+        return run(fn, items, parallel)
+    monkeypatch.setattr(_io, "run_jobs", spy)
+    got = _archive.Archive(arc).read_all(verify)
+    np.testing.assert_array_equal(got["slot:w:m"], V)
+    assert seen[0] == (7, side)
+    seen.clear()
+    monkeypatch.setattr(_io, "_PARALLEL_VERIFY_BYTES", 1)
+    _archive.Archive(arc).read_regions({"slot:b:m": None}, verify)  # one shard: never
+    assert seen[0] == (1, False)
+
+
+def test_large_whole_tensors_read_are_proven_finite_and_pieces_are_not(tmp_path):
+    v = np.arange(40000, dtype=np.float32).reshape(200, 200) / 7
+    tiles = ((0, 100, 0, 200), (100, 200, 0, 200))
+    path = _write(tmp_path / "big", _state(v, tiles))
+    a = _archive.Archive(path)
+    got = a.read_all(True)
+    np.testing.assert_array_equal(got["slot:w:m"], v)
+    assert a.finite == {"slot:w:v"}  # the pieces of slot:w:m were proven, not the tensor
+    a.read_regions({"slot:w:m": None, "slot:b:m": None}, True)
+    assert a.finite == set()
+    a.read_regions({"slot:w:v": [((0, 0), (1, 1))]}, True)
+    assert a.finite == {"slot:w:v"}
