@@ -707,3 +707,112 @@ def test_large_whole_tensors_read_are_proven_finite_and_pieces_are_not(tmp_path)
     assert a.finite == set()
     a.read_regions({"slot:w:v": [((0, 0), (1, 1))]}, True)
     assert a.finite == {"slot:w:v"}
+
+
+# --- what the processes of a collective import tell each other (spec 14.11) -----------------
+
+class _Procs:
+    """Process ``index`` of ``count``: its gather returns the rows given (its own replaced by
+    what it sends), and keeps what it sent."""
+
+    def __init__(self, rows, index=0):
+        self.rows, self.index, self.count, self.sent = rows, index, len(rows), []
+
+    def gather(self, text):
+        self.sent.append(text)
+        rows = list(self.rows)
+        rows[self.index] = text
+        return rows
+
+
+def _row(ident="archive g", error=None):
+    import json
+    return json.dumps({"ident": ident, "error": error})
+
+
+def test_told_is_bounded_and_keeps_class_code_key_and_path():
+    from optstate_format import _api
+    from optstate_format._errors import IntegrityError, OptStateError
+    e = IntegrityError("m" * 700, code="E_CHECKSUM", key="k" * 300, path="p" * 300)
+    assert _api._told(e) == {"class": "IntegrityError", "code": "E_CHECKSUM", "msg": "m" * 600,
+                             "key": "k" * 200, "path": "p" * 200}
+    assert _api._told(OptStateError("short", code="E_ASSIGN")) == {
+        "class": "OptStateError", "code": "E_ASSIGN", "msg": "short", "key": None,
+        "path": None}
+    assert _api._told(RuntimeError("x" * 700)) == {
+        "class": "OptStateError", "code": "E_ASSIGN", "msg": ("RuntimeError: " + "x" * 700)[:600],
+        "key": None, "path": None}
+    assert _api._told(KeyError(3)) == {"class": "OptStateError", "code": "E_ASSIGN",
+                                       "msg": "KeyError: 3", "key": None, "path": None}
+
+
+def test_agree_passes_when_every_process_opened_the_same_export_and_succeeded():
+    import json
+    from optstate_format import _api
+    procs = _Procs([None, _row(), _row()])
+    assert _api._agree(procs, "archive g", None) is None
+    assert [json.loads(t) for t in procs.sent] == [{"ident": "archive g", "error": None}]
+
+
+def test_agree_raises_this_processes_own_failure_after_telling_the_others():
+    import json
+    from optstate_format import _api
+    from optstate_format._errors import MatchError
+    procs = _Procs([_row(), None], index=1)
+    mine = MatchError("no such slot", code="E_MATCH_SLOTS", path="w")
+    with pytest.raises(MatchError) as e:
+        _api._agree(procs, "archive g", mine)
+    assert e.value is mine
+    assert [json.loads(t) for t in procs.sent] == [{"ident": "archive g", "error": {
+        "class": "MatchError", "code": "E_MATCH_SLOTS", "msg": "no such slot", "key": None,
+        "path": "w"}}]
+
+
+@pytest.mark.parametrize("after, tail", [
+    (False, "no process assigned anything."),
+    (True, "every process restores what it assigned.")])
+def test_agree_raises_the_first_failure_of_another_process_as_its_class(after, tail):
+    from optstate_format import _api
+    from optstate_format._errors import IntegrityError, OptStateError
+    told = {"class": "IntegrityError", "code": "E_CHECKSUM", "msg": "bad bytes", "key": "k",
+            "path": "f"}
+    other = dict(told, **{"class": "StorageError", "code": "E_IO", "msg": "second"})
+    procs = _Procs([None, _row(error=told), _row(error=other)])
+    with pytest.raises(IntegrityError) as e:
+        _api._agree(procs, "archive g", None, after)
+    assert (type(e.value), e.value.code, e.value.key, e.value.path, e.value.msg) == (
+        IntegrityError, "E_CHECKSUM", "k", "f", f"process 1 of 3 failed (bad bytes); {tail}")
+    unknown = dict(told, **{"class": "SystemExit"})  # a class that is not ours
+    with pytest.raises(OptStateError) as e:
+        _api._agree(_Procs([_row(error=unknown), None], 1), "archive g", None, after)
+    assert (type(e.value), e.value.code, e.value.msg) == (
+        OptStateError, "E_CHECKSUM", f"process 0 of 2 failed (bad bytes); {tail}")
+
+
+def test_agree_refuses_processes_that_opened_different_exports():
+    from optstate_format import _api
+    procs = _Procs([None, _row("file 1 8"), _row("archive b"), _row("archive b")])
+    with pytest.raises(FormatError) as e:
+        _api._agree(procs, "archive b", None)
+    assert (e.value.code, e.value.key, e.value.msg) == (
+        "E_ARCHIVE_MISMATCH", None, "the processes opened different exports (archive b, file "
+        "1 8): the file was replaced during the import. Nothing was assigned; import again.")
+    procs = _Procs([None, _row(None)])  # a process that failed before opening says None
+    with pytest.raises(FormatError):
+        _api._agree(procs, "archive b", None)
+
+
+def test_nonfinite_values_read_are_noted_with_their_count():
+    from optstate_format import _api
+    from optstate_format._state import Regions
+    from optstate_format._match import ImportReport
+    rep = ImportReport()
+    _api._note_read_nonfinite(rep, np.array([1.0, np.nan, np.inf, -np.inf]), "w slot 'm'")
+    _api._note_read_nonfinite(rep, np.array([1.0, 2.0]), "w slot 'v'")
+    _api._note_read_nonfinite(rep, Regions((4,), "float64", {
+        ((0,), (2,)): np.array([np.nan, 1.0]), ((2,), (4,)): np.array([np.nan, np.nan])}),
+        "b slot 'm'")
+    _api._note_read_nonfinite(rep, Regions((4,), "float64", {((0,), (1,)): np.zeros(1)}), "x")
+    assert rep.notes == [
+        "w slot 'm': 3 NaN/Inf value(s), imported as they are",
+        "b slot 'm': 3 NaN/Inf value(s) in this process's regions, imported as they are"]
