@@ -816,3 +816,82 @@ def test_nonfinite_values_read_are_noted_with_their_count():
     assert rep.notes == [
         "w slot 'm': 3 NaN/Inf value(s), imported as they are",
         "b slot 'm': 3 NaN/Inf value(s) in this process's regions, imported as they are"]
+
+
+# --- the journal's agreement after the last assignment (spec 14.11) -------------------------
+
+class _Vars:
+    """A dict adapter: ``fail`` names the handle whose assignment raises."""
+
+    def __init__(self, fail=None):
+        self.values = {"a": np.array([1.0, 2.0]), "b": np.array([3.0, 4.0])}
+        self.fail, self.log = fail, []
+
+    def snapshot(self, handle):
+        return self.values[handle].copy()
+
+    def restore(self, handle, value):
+        self.log.append(("restore", handle))
+        self.values[handle] = np.array(value)
+
+    def assign(self, handle, value):
+        if handle == self.fail:
+            raise RuntimeError("device lost")
+        self.log.append(("assign", handle))
+        self.values[handle] = np.array(value)
+
+
+def _assignments():
+    from optstate_format.adapter import Variable
+    return [(Variable("a", (2,), "float64"), np.array([5.0, 6.0])),
+            (Variable("b", (2,), "float64"), np.array([7.0, 8.0]))]
+
+
+def test_agree_is_told_once_after_the_last_assignment():
+    from optstate_format import _journal
+    ad, told = _Vars(), []
+    assert _journal.apply(ad, _assignments(), agree=told.append) == 2
+    assert told == [None]
+    assert ad.log == [("assign", "a"), ("assign", "b")]
+    assert ad.values["b"].tolist() == [7.0, 8.0]
+
+
+def test_another_process_failing_rolls_this_one_back_and_raises_its_error():
+    from optstate_format import _journal
+    from optstate_format._errors import IntegrityError
+    ad, told = _Vars(), []
+    theirs = IntegrityError("process 1 of 2 failed (bad)", code="E_CHECKSUM")
+
+    def agree(failure):
+        told.append(failure)
+        raise theirs
+    with pytest.raises(IntegrityError) as e:
+        _journal.apply(ad, _assignments(), agree=agree)
+    assert e.value is theirs and told == [None]  # told once, not again with its own error
+    assert ad.log == [("assign", "a"), ("assign", "b"), ("restore", "b"), ("restore", "a")]
+    assert ad.values["a"].tolist() == [1.0, 2.0] and ad.values["b"].tolist() == [3.0, 4.0]
+    with pytest.raises(_journal.OptStateError) as e:
+        _journal.apply(_Vars(), _assignments(), agree=agree, rollback=False)
+    assert (e.value.code, e.value.msg) == (
+        "E_ASSIGN", "assigning a variable failed (IntegrityError: E_CHECKSUM: process 1 of 2 "
+        "failed (bad)) after 2 of 2 assignments; rollback=False, so the optimizer is partly "
+        "updated. Import again, or re-create the optimizer.")
+
+
+def test_a_failure_here_is_told_to_the_others_before_rolling_back():
+    from optstate_format import _journal
+    ad, told = _Vars(fail="b"), []
+
+    def agree(failure):
+        told.append((failure, list(ad.log)))
+        raise AssertionError("the others' raise is ignored: this failure is raised")
+    with pytest.raises(_journal.OptStateError) as e:
+        _journal.apply(ad, _assignments(), agree=agree)
+    assert e.value.code == "E_ASSIGN" and e.value.msg == (
+        "assigning a variable failed (RuntimeError: device lost); every variable already "
+        "assigned was restored.")
+    ((failure, log_then),) = told
+    assert isinstance(failure, RuntimeError) and str(failure) == "device lost"
+    assert log_then == [("assign", "a")]  # told before anything was restored
+    assert ad.log == [("assign", "a"), ("restore", "b"), ("restore", "a")]
+    assert ad.values["a"].tolist() == [1.0, 2.0]
