@@ -895,3 +895,98 @@ def test_a_failure_here_is_told_to_the_others_before_rolling_back():
     assert log_then == [("assign", "a")]  # told before anything was restored
     assert ad.log == [("assign", "a"), ("restore", "b"), ("restore", "a")]
     assert ad.values["a"].tolist() == [1.0, 2.0]
+
+
+# --- Lazy, Stored, Regions, box_of (spec 14.11) ---------------------------------------------
+
+def test_lazy_of_an_archive_describes_reads_whole_once_and_counts_bytes(arc):
+    from optstate_format import _io
+    with _io.Lazy(arc) as lazy:
+        assert lazy.ident == f"archive {_index(arc)['archive']['generation']}"
+        st = lazy.state()
+        m = st.weight("w").slots["m"]
+        assert type(m) is _io.Stored and (m.key, m.shape, m.dtype, m.note) == (
+            "slot:w:m", (4, 6), "float32", None)
+        assert type(m.shape[0]) is int
+        b = st.weight("b").slots["v"]
+        assert (b.key, b.shape, b.dtype) == ("slot:b:v", (6,), "float64")
+        assert lazy.bytes_read == 0 and lazy.whole == {}
+        np.testing.assert_array_equal(np.asarray(m), V)
+        assert lazy.bytes_read == 96 and list(lazy.whole) == ["slot:w:m"]
+        np.testing.assert_array_equal(np.asarray(m), V)  # kept: not read again
+        got = lazy.read({"slot:w:m": None, "slot:b:v": None})
+        assert got["slot:w:m"] is lazy.whole["slot:w:m"] and lazy.bytes_read == 96 + 48
+        np.testing.assert_array_equal(got["slot:b:v"], BM * 2)
+        r = lazy.read({"slot:w:m": [((1, 1), (2, 2))]})["slot:w:m"]  # regions: read again
+        np.testing.assert_array_equal(r.box((slice(1, 2), slice(1, 2))), V[1:2, 1:2])
+        assert lazy.bytes_read == 96 + 48 + 32
+    assert lazy.cont.dfd is None  # closed on leaving
+
+
+def test_lazy_of_a_single_file_cuts_regions_from_whole_tensors(tmp_path):
+    import optstate_format as osf
+    from optstate_format import _io
+    st = _state()
+    st.weights[0].slots["m"] = V.copy()
+    path = osf.write(st, tmp_path / "one.optstate")
+    with pytest.raises(ZeroDivisionError):  # errors inside the block are not swallowed
+        with _io.Lazy(path) as lazy:
+            meta_crc = lazy.cont.metadata["optstate.header_crc32"]
+            assert lazy.ident == f"file {meta_crc} {path.stat().st_size}"
+            fd = lazy.cont.file.fd
+            os.fstat(fd)
+            out = lazy.read({"slot:w:m": [((0, 1), (4, 3)), ((2, 0), (3, 6))],
+                             "slot:b:m": None})
+            assert lazy.bytes_read == 96 + 48
+            r = out["slot:w:m"]
+            assert (type(r).__name__, r.shape, r.dtype) == ("Regions", (4, 6), "float32")
+            assert list(r.boxes) == [((0, 1), (4, 3)), ((2, 0), (3, 6))]
+            np.testing.assert_array_equal(r.boxes[((0, 1), (4, 3))], V[0:4, 1:3])
+            np.testing.assert_array_equal(r.boxes[((2, 0), (3, 6))], V[2:3, 0:6])
+            np.testing.assert_array_equal(out["slot:b:m"], BM)
+            1 / 0
+    with pytest.raises(OSError):  # closed on leaving
+        os.fstat(fd)
+
+
+def test_lazy_turns_a_foreign_error_into_ours(tmp_path):
+    from optstate_format import _io
+    with pytest.raises(FormatError) as e:
+        _io.Lazy(tmp_path / "nothing.optstate")
+    assert e.value.code == "E_IO" and "nothing.optstate" in e.value.msg
+
+
+def test_box_of_bounds_and_steps():
+    from optstate_format._state import box_of
+    assert box_of((slice(None), slice(4, 8)), (3, 8)) == ((0, 4), (3, 8))
+    assert box_of((), (2, 3)) == ((0, 0), (2, 3))
+    assert box_of([slice(-2, None)], (5,)) == ((3,), (5,))
+    assert box_of((slice(3, 1),), (5,)) == ((3,), (3,))  # empty: stop never below start
+    assert box_of((slice(0, 99, 1),), (5,)) == ((0,), (5,))
+    for step in (2, -1):
+        with pytest.raises(ValueError) as e:
+            box_of((slice(None, None, step), slice(None)), (4, 2))
+        assert str(e.value) == ("a region is a box of step 1; received "
+                                f"(slice(None, None, {step}), slice(None, None, None))")
+
+
+def test_regions_give_views_of_boxes_they_hold_and_refuse_others():
+    from optstate_format._state import Regions
+    left = np.arange(8.0).reshape(2, 4)
+    r = Regions((np.int64(2), 8), "float64", {((0, 0), (2, 4)): left,
+                                               ((0, 6), (1, 8)): np.array([[9.0, 10.0]])})
+    assert r.shape == (2, 8) and type(r.shape[0]) is int and r.dtype == "float64"
+    assert r.box((slice(None), slice(0, 4))) is left
+    sub = r.box((slice(1, 2), slice(1, 4)))
+    assert sub.tolist() == [[5.0, 6.0, 7.0]] and np.shares_memory(sub, left)
+    assert r.box((slice(0, 1), slice(7, 8))).tolist() == [[10.0]]
+    assert r.box((slice(0, 2), slice(0, 1))).tolist() == [[0.0], [4.0]]
+    for index, shown in (((slice(0, 2), slice(3, 5)), "[0, 3]..[2, 5]"),
+                         ((slice(1, 2), slice(6, 8)), "[1, 6]..[2, 8]")):
+        with pytest.raises(KeyError) as e:
+            r.box(index)
+        assert e.value.args == (f"the region {shown} of a [2, 8] tensor was not read in this "
+                                "process",)
+    with pytest.raises(TypeError) as e:
+        np.asarray(r)
+    assert str(e.value) == "Regions holds only some regions of a tensor; use box(index)"
