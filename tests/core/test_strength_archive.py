@@ -990,3 +990,55 @@ def test_regions_give_views_of_boxes_they_hold_and_refuse_others():
     with pytest.raises(TypeError) as e:
         np.asarray(r)
     assert str(e.value) == "Regions holds only some regions of a tensor; use box(index)"
+
+
+# --- the collective import's options reach the plan and the journal -------------------------
+
+@pytest.fixture
+def split_archive(tmp_path):
+    from fake_processes import run_processes
+    from test_archive_collective_import import _written_state
+    path = tmp_path / "run.optstate"
+    assert run_processes(2, lambda p, procs: _archive.write_distributed(
+        _written_state(p), path, max_shard_size=64, fsync=False, procs=procs)) == [path, path]
+    return path
+
+
+def test_a_collective_import_without_rollback_says_what_is_left(monkeypatch, split_archive):
+    from test_archive_collective_import import SplitAdapter, _import_everywhere
+    adapters = [SplitAdapter(0, fail=4), SplitAdapter(1)]
+    errors = _import_everywhere(monkeypatch, split_archive, adapters, rollback=False)
+    assert [(type(e).__name__, e.code) for e in errors] == [("OptStateError", "E_ASSIGN")] * 2
+    assert errors[0].msg == (
+        "assigning a variable failed (RuntimeError: device lost) after 3 of 5 assignments; "
+        "rollback=False, so the optimizer is partly updated. Import again, or re-create the "
+        "optimizer.")
+    assert errors[1].msg.startswith(
+        "assigning a variable failed (OptStateError: E_ASSIGN: process 0 of 2 failed "
+        "(RuntimeError: device lost); ")
+    assert errors[1].msg.endswith(") after 5 of 5 assignments; rollback=False, so the optimizer "
+                                  "is partly updated. Import again, or re-create the optimizer.")
+    assert adapters[1].calls == 5 and adapters[0].calls == 4
+
+
+def test_a_collective_import_forwards_strict_and_reports_bytes(monkeypatch, split_archive):
+    from optstate_format.adapter import Variable
+    from test_archive_collective_import import ALL_BYTES, KERNEL_M, SplitAdapter, \
+        _import_everywhere
+    adapters = [SplitAdapter(0), SplitAdapter(1)]
+    for ad in adapters:  # the target keeps a slot the file lacks: refused only when strict
+        ad.opt.slots[1].slots["extra"] = Variable(("extra", "bias"), (8,), "float32")
+        ad.values[("extra", "bias")] = np.zeros(8, np.float32)
+    reports = _import_everywhere(monkeypatch, split_archive, adapters, strict=False)
+    for rep in reports:
+        assert rep.assigned == 5 and rep.bytes_read == ALL_BYTES - KERNEL_M.nbytes
+        assert [p.code for p in rep.mismatched] == ["E_MATCH_SLOTS"]
+
+
+def test_a_collective_import_of_a_missing_file_fails_in_every_process(monkeypatch, tmp_path):
+    from test_archive_collective_import import SplitAdapter, _import_everywhere
+    errors = _import_everywhere(monkeypatch, tmp_path / "none", [SplitAdapter(0),
+                                                                 SplitAdapter(1)])
+    assert [(type(e), e.code, e.msg) for e in errors] == [
+        (FormatError, "E_IO", f"cannot open {str(tmp_path / 'none')!r}: No such file or "
+                              "directory.")] * 2
