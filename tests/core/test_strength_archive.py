@@ -1042,3 +1042,22 @@ def test_a_collective_import_of_a_missing_file_fails_in_every_process(monkeypatc
     assert [(type(e), e.code, e.msg) for e in errors] == [
         (FormatError, "E_IO", f"cannot open {str(tmp_path / 'none')!r}: No such file or "
                               "directory.")] * 2
+
+
+def test_a_piece_named_as_a_tensor_stored_in_pieces_is_refused():
+    """Regression (found reading _pieces_field for this run): spec 14.9 says a piece's shard
+    key is unique in the archive "and not a tensor key"; the reader refused a piece named as
+    a whole tensor or as another piece, but accepted one named as a tensor stored in pieces
+    (its own, or one listed after it), which the reader then confused with that tensor."""
+    d = _doc()
+    PP(d, 1)["key"] = "slot:w:v"  # its own tensor's key
+    assert _raised(_archive._archive_field, d) == (
+        "E_DUPLICATE_KEY", "slot:w:v", "archive.pieces['slot:w:v'].parts[1]: the shard key "
+        "'slot:w:v' is used twice in the archive.")
+    d = _doc()
+    PP(d, 0)["key"] = "slot:w:x"  # the key of a tensor in pieces listed after it
+    A(d)["pieces"]["slot:w:x"] = {"dtype": "float32", "shape": [1], "parts": [
+        {"file": "s2.safetensors", "key": "x0", "start": [0], "stop": [1], "crc32": 0}]}
+    assert _raised(_archive._archive_field, d) == (
+        "E_DUPLICATE_KEY", "slot:w:v", "archive.pieces['slot:w:v'].parts[0]: the shard key "
+        "'slot:w:x' is used twice in the archive.")
