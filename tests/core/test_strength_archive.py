@@ -1061,3 +1061,266 @@ def test_a_piece_named_as_a_tensor_stored_in_pieces_is_refused():
     assert _raised(_archive._archive_field, d) == (
         "E_DUPLICATE_KEY", "slot:w:v", "archive.pieces['slot:w:v'].parts[0]: the shard key "
         "'slot:w:x' is used twice in the archive.")
+
+
+# --- survivors of the first mutmut pass ----------------------------------------------------
+
+def test_long_names_in_index_errors_are_cut():
+    d = _doc()
+    A(d)["generation"] = "g" * 50
+    assert _raised(_archive._archive_field, d)[2] == (
+        f"archive.generation {'g' * 40!r} must be 16 lowercase hex digits.")
+    d = _doc()
+    P(d)["dtype"] = "d" * 50
+    assert _raised(_archive._archive_field, d)[2] == (
+        f"archive.pieces['slot:w:v'].dtype {'d' * 40!r} is not a dtype of section 6.")
+    d = _doc()
+    PP(d, 0)["key"] = PP(d, 1)["key"] = "k" * 100
+    assert _raised(_archive._archive_field, d)[2] == (
+        f"archive.pieces['slot:w:v'].parts[1]: the shard key {'k' * 80!r} is used twice in the "
+        "archive.")
+
+
+def test_parts_in_any_order_touching_are_a_tiling_and_a_crc32_may_be_0():
+    d = _doc()
+    P(d)["parts"].reverse()  # the right half first: touching its left neighbour is no overlap
+    PP(d, 0)["crc32"] = 0
+    pieces = _archive._archive_field(d)[4]
+    assert pieces["slot:w:v"][2] == [("s1.safetensors", "p1", [0, 2], [2, 4], 0),
+                                     ("s2.safetensors", "p0", [0, 0], [2, 2], 5)]
+
+
+def test_an_archive_path_that_is_a_file_or_a_dangling_link_index(tmp_path, arc):
+    (tmp_path / "f").write_bytes(b"x" * 16)
+    assert _opened(tmp_path / "f") == (
+        "E_IO", None, f"cannot open the archive folder {str(tmp_path / 'f')!r}: Not a directory.")
+    (arc / IDX).unlink()
+    os.symlink(tmp_path / "nowhere", arc / IDX)
+    assert _opened(arc) == ("E_ARCHIVE_LINK", None, f"the archive index: {str(arc / IDX)!r} is "
+                            "a symbolic link; the files of an archive must be regular files in "
+                            "its folder (a link could lead out of it). Replace the link by the "
+                            "file.")
+
+
+def test_members_are_opened_relative_to_the_folder_opened(tmp_path, arc, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    a = _archive.Archive("a")  # a relative path
+    np.testing.assert_array_equal(a.read_all(True)["slot:w:m"], V)
+    os.rename(tmp_path / "a", tmp_path / "moved")  # read through the folder's descriptor
+    np.testing.assert_array_equal(a.read_regions({"slot:b:v": None}, True)[0]["slot:b:v"],
+                                  BM * 2)
+    a.close()
+
+
+def _member_error(folder, name, missing="it is missing."):
+    with pytest.raises(FormatError) as e:
+        _archive._Member(None, str(folder), name, missing)
+    return e.value.code, e.value.msg
+
+
+def test_member_open_errors_and_races(tmp_path, monkeypatch):
+    (tmp_path / "real").write_bytes(b"12345678")
+    os.symlink("real", tmp_path / "link")
+    where = str(tmp_path / "link")
+    assert _member_error(tmp_path, "link") == (
+        "E_ARCHIVE_LINK", f"{where!r} is a symbolic link; the files of an archive must be "
+        "regular files in its folder (a link could lead out of it). Replace the link by the file.")
+    assert _member_error(tmp_path, "a\0b") == (
+        "E_IO", f"cannot open {str(tmp_path / 'a') + chr(0) + 'b'!r}: embedded null byte.")
+    real_stat, real_open = os.stat, os.open
+    regular = real_stat(tmp_path / "real")
+
+    def denied(*a, **k):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(os, "stat", denied)
+    assert _member_error(tmp_path, "real") == (
+        "E_IO", f"cannot open {str(tmp_path / 'real')!r}: Permission denied.")
+    # a link swapped in between the check and the open: O_NOFOLLOW refuses it
+    monkeypatch.setattr(os, "stat", lambda *a, **k: regular)
+    assert _member_error(tmp_path, "link") == (
+        "E_ARCHIVE_LINK", f"{where!r} is a symbolic link; the files of an archive must be "
+        "regular files in its folder.")
+    assert _member_error(tmp_path, "gone", "it went.") == ("E_ARCHIVE_MISSING", "it went.")
+    monkeypatch.setattr(os, "open", denied)
+    assert _member_error(tmp_path, "real") == (
+        "E_IO", f"cannot open {str(tmp_path / 'real')!r}: Permission denied.")
+    monkeypatch.setattr(os, "open", real_open)
+    monkeypatch.setattr(os, "stat", real_stat)
+    m = _archive._Member(None, str(tmp_path), "real", "?")
+    fd = m.fd
+    assert m.size == 8 and m.path == str(tmp_path / "real")
+    m.close()
+    assert m.fd is None
+    m.close()  # twice: nothing more to close
+    with pytest.raises(OSError):
+        os.fstat(fd)
+
+
+def test_the_index_container_bounds(arc, monkeypatch):
+    from optstate_format import _io
+    index = (arc / IDX).read_bytes()
+    n = int.from_bytes(index[:8], "little")
+    (arc / IDX).write_bytes(b"\0" * 8)  # 8 bytes: an empty header, not a truncated file
+    assert _opened(arc)[0] != "E_TRUNCATED"
+    (arc / IDX).write_bytes(b"\xff" * 8 + b" " * 8)
+    assert _opened(arc) == ("E_HEADER_BOUNDS", None, "the archive index: its container header "
+                            f"declares {2 ** 64 - 1} bytes; the file has 8 after the length "
+                            "field (limit 104857600).")
+    (arc / IDX).write_bytes(index[:8 + n])  # a header and no data: the document is not there
+    assert _opened(arc)[0] not in ("E_HEADER_BOUNDS", None)
+    (arc / IDX).write_bytes(index)
+    most = max(int.from_bytes(f.read_bytes()[:8], "little") for f in arc.iterdir())
+    monkeypatch.setattr(_io, "MAX_JSON_HEADER", most)  # the index's and the shards' limit
+    assert _archive.Archive(arc).version == (1, 2)
+    monkeypatch.setattr(_io, "MAX_JSON_HEADER", most - 1)
+    assert _opened(arc)[0] == "E_HEADER_BOUNDS"
+
+
+@pytest.mark.parametrize("code, replaced, calls", [
+    ("E_ARCHIVE_MISSING", True, 4), ("E_ARCHIVE_MISMATCH", True, 4),
+    ("E_ARCHIVE_MISSING", False, 1), ("E_SCHEMA", True, 1)])
+def test_opening_and_reading_start_over_only_for_a_replaced_archive(arc, monkeypatch, code,
+                                                                    replaced, calls):
+    seen = []
+
+    def load(self, shards):
+        seen.append(shards)
+        raise FormatError("gone", code=code)
+    real_load = _archive.Archive._load
+    monkeypatch.setattr(_archive.Archive, "_replaced", lambda self: replaced)
+    monkeypatch.setattr(_archive.Archive, "_load", load)
+    with pytest.raises(FormatError) as e:
+        _archive.Archive(arc)
+    assert e.value.code == code and seen == [True] * calls  # RETRIES = 3: 4 attempts
+    monkeypatch.setattr(_archive.Archive, "_load", real_load)
+    a = _archive.Archive(arc)
+    monkeypatch.setattr(_archive.Archive, "_load", load)
+    reads = []
+
+    def read_all(self, verify, progress=None, keys=None):
+        reads.append((verify, progress))
+        raise FormatError("gone", code=code)
+    monkeypatch.setattr(_archive.Archive, "_read_all", read_all)
+    seen.clear()
+    with pytest.raises(FormatError) as e:
+        a.read_all(True, print)
+    assert e.value.code == code
+    assert reads == [(True, print)]
+    assert seen == ([True] if calls > 1 else [])  # reloaded with its shards, then failed
+
+
+def test_a_read_that_starts_over_returns_the_new_export(arc, monkeypatch):
+    a = _archive.Archive(arc)
+    old_gen = a.generation
+    _write(arc, _state(V * 2))
+    got = a.read_all(True)  # its shards were removed: the new index is read
+    np.testing.assert_array_equal(got["slot:w:m"], V * 2)
+    assert a.generation != old_gen and a.tensors["slot:w:m"] == ("float32", (4, 6), 0, 0)
+
+
+def test_replaced_compares_the_index_itself_not_a_link(arc, tmp_path):
+    a = _archive.Archive(arc)
+    assert a._replaced() is False
+    os.rename(arc / IDX, arc / "kept")
+    os.symlink("kept", arc / IDX)  # a link to the very same file: still replaced
+    assert a._replaced() is True
+    os.unlink(arc / IDX)
+    assert a._replaced() is False  # no index: not a replacement to read again
+    os.rename(arc / "kept", arc / IDX)
+    os.close(a.dfd)
+    a.dfd = None  # the path-based branch
+    assert a._replaced() is False
+    raw = (arc / IDX).read_bytes()
+    (arc / IDX).unlink()
+    (arc / IDX).write_bytes(raw)
+    assert a._replaced() is True
+
+
+def test_regions_after_a_repeated_box_and_pieces_read_for_another_box(arc):
+    a = _archive.Archive(arc)
+    boxes = [((3, 3), (4, 6)), ((3, 3), (4, 6)), ((0, 0), (1, 1))]
+    out, n = a.read_regions({"slot:w:m": boxes}, True)
+    assert n == 64 and list(out["slot:w:m"].boxes) == [((3, 3), (4, 6)), ((0, 0), (1, 1))]
+    np.testing.assert_array_equal(out["slot:w:m"].boxes[((0, 0), (1, 1))], V[:1, :1])
+    np.testing.assert_array_equal(out["slot:w:m"].boxes[((3, 3), (4, 6))], V[3:4, 3:6])
+    out, n = a.read_regions({"slot:w:m": [((0, 0), (1, 1)), ((3, 3), (4, 6))]}, True)
+    np.testing.assert_array_equal(out["slot:w:m"].boxes[((3, 3), (4, 6))], V[3:4, 3:6])
+    np.testing.assert_array_equal(out["slot:w:m"].boxes[((0, 0), (1, 1))], V[:1, :1])
+
+
+def test_a_region_inside_a_box_held_at_an_offset():
+    from optstate_format._state import Regions
+    r = Regions((2, 9), "float64", {((0, 6), (2, 9)): np.arange(6.0).reshape(2, 3)})
+    assert r.box((slice(0, 1), slice(6, 7))).tolist() == [[0.0]]
+    assert r.box((slice(1, 2), slice(7, 8))).tolist() == [[4.0]]
+
+
+def test_progress_and_the_keys_read_from_a_shard_of_several_tensors(tmp_path):
+    a = _archive.Archive(_write(tmp_path / "one", size=10 ** 6))
+    assert len(a.parts) == 1  # every tensor and piece in one shard
+    seen = []
+    got = a.read_all(True, seen.append)
+    assert sum(seen) == 96 * 2 + 48 * 2 + 8
+    np.testing.assert_array_equal(got["slot:b:v"], BM * 2)
+    out, n = a.read_regions({"slot:b:v": None}, True)
+    assert list(out) == ["slot:b:v"] and n == 48  # the shard's other tensors are not read
+
+
+def test_two_shards_are_read_side_by_side(arc, monkeypatch):
+    from optstate_format import _io
+    monkeypatch.setattr(_io, "_PARALLEL_VERIFY_BYTES", 1)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    seen, run = [], _io.run_jobs
+
+    def spy(fn, items, parallel):
+        seen.append((len(items), parallel))
+        return run(fn, items, parallel)
+    monkeypatch.setattr(_io, "run_jobs", spy)
+    _archive.Archive(arc).read_regions({"slot:b:m": None, "slot:b:v": None}, True)
+    assert seen[0] == (2, True)
+
+
+def test_lazy_verifies_by_default_and_reads_only_the_keys_asked(arc, tmp_path):
+    import optstate_format as osf
+    from optstate_format import _io
+    from optstate_format._errors import IntegrityError
+    a = _archive.Archive(arc)
+    part = a.parts[4]
+    raw = bytearray((arc / part.name).read_bytes())
+    raw[part.data_start + 1] ^= 0x40
+    (arc / part.name).write_bytes(bytes(raw))
+    with _io.Lazy(arc) as lazy:
+        with pytest.raises(IntegrityError):
+            lazy.read({"slot:w:m": [((0, 0), (1, 1))]})
+        assert lazy.read({"slot:w:m": None}, verify=False)["slot:w:m"].shape == (4, 6)
+    st = _state()
+    st.weights[0].slots["m"] = V.copy()
+    path = osf.write(st, tmp_path / "one.optstate")
+    data = bytearray(path.read_bytes())
+    with _io.Lazy(path) as lazy:
+        start = lazy.cont.data_start + lazy.cont.tensors["slot:w:v"][2]
+    data[start] ^= 0x40
+    path.write_bytes(bytes(data))
+    with _io.Lazy(path) as lazy:
+        np.testing.assert_array_equal(lazy.read({"slot:w:m": None})["slot:w:m"], V)
+        np.testing.assert_array_equal(lazy.read({"slot:b:m": None})["slot:b:m"], BM)
+        assert lazy.bytes_read == 96 + 48  # counted across reads
+        with pytest.raises(IntegrityError):
+            lazy.read({"slot:w:v": None})
+        assert lazy.read({"slot:w:v": None}, verify=False)["slot:w:v"][0, 0] != V[0, 0] + 1
+
+
+def test_agree_says_by_default_that_nothing_was_assigned():
+    from optstate_format import _api
+    from optstate_format._errors import OptStateError
+    told = {"class": "OptStateError", "code": "E_IO", "msg": "x", "key": None, "path": None}
+    with pytest.raises(OptStateError) as e:
+        _api._agree(_Procs([None, _row(error=told)]), "archive g", None)
+    assert e.value.msg == "process 1 of 2 failed (x); no process assigned anything."
+
+
+def test_apply_without_agree_assigns_everything():
+    from optstate_format import _journal
+    ad = _Vars()
+    assert _journal.apply(ad, _assignments()) == 2
+    assert ad.log == [("assign", "a"), ("assign", "b")]
