@@ -1309,3 +1309,33 @@ def test_apply_without_agree_assigns_everything():
     ad = _Vars()
     assert _journal.apply(ad, _assignments()) == 2
     assert ad.log == [("assign", "a"), ("assign", "b")]
+
+
+def test_a_read_replaced_at_every_attempt_raises_after_the_last(arc, monkeypatch):
+    a = _archive.Archive(arc)
+    loads, reads = [], []
+
+    def read_all(self, verify, progress=None, keys=None):
+        reads.append(verify)
+        raise FormatError("gone", code="E_ARCHIVE_MISSING")
+    monkeypatch.setattr(_archive.Archive, "_read_all", read_all)
+    monkeypatch.setattr(_archive.Archive, "_load", lambda self, shards: loads.append(shards))
+    monkeypatch.setattr(_archive.Archive, "_replaced", lambda self: True)
+    with pytest.raises(FormatError) as e:
+        a.read_all(False)
+    assert e.value.code == "E_ARCHIVE_MISSING"
+    assert reads == [False] * 4 and loads == [True] * 3  # RETRIES = 3
+
+
+def test_processes_that_opened_different_exports_refuse_before_assigning(monkeypatch,
+                                                                          split_archive,
+                                                                          tmp_path):
+    from fake_processes import run_processes
+    from test_archive_collective_import import SplitAdapter, _import_everywhere, _written_state
+    other = tmp_path / "other.optstate"
+    run_processes(2, lambda p, procs: _archive.write_distributed(
+        _written_state(p), other, max_shard_size=64, fsync=False, procs=procs))
+    adapters = [SplitAdapter(0), SplitAdapter(1)]
+    errors = _import_everywhere(monkeypatch, None, adapters, paths=[split_archive, other])
+    assert [e.code for e in errors] == ["E_ARCHIVE_MISMATCH"] * 2
+    assert adapters[0].calls == adapters[1].calls == 0  # refused before the first assignment
