@@ -1146,13 +1146,17 @@ def test_the_index_container_bounds(arc, monkeypatch):
     index = (arc / IDX).read_bytes()
     n = int.from_bytes(index[:8], "little")
     (arc / IDX).write_bytes(b"\0" * 8)  # 8 bytes: an empty header, not a truncated file
-    assert _opened(arc)[0] != "E_TRUNCATED"
+    assert _opened(arc) == ("E_CONTAINER", None, "the archive index: not an optstate or "
+                            "safetensors file: it does not begin with a safetensors header (an "
+                            "8-byte little-endian length, then a JSON object).")
     (arc / IDX).write_bytes(b"\xff" * 8 + b" " * 8)
     assert _opened(arc) == ("E_HEADER_BOUNDS", None, "the archive index: its container header "
                             f"declares {2 ** 64 - 1} bytes; the file has 8 after the length "
                             "field (limit 104857600).")
     (arc / IDX).write_bytes(index[:8 + n])  # a header and no data: the document is not there
-    assert _opened(arc)[0] not in ("E_HEADER_BOUNDS", None)
+    code, key, msg = _opened(arc)
+    assert (code, key) == ("E_TRUNCATED", HEADER_KEY) and msg.endswith(
+        ", past the 0-byte data buffer: the file is truncated.")
     (arc / IDX).write_bytes(index)
     most = max(int.from_bytes(f.read_bytes()[:8], "little") for f in arc.iterdir())
     monkeypatch.setattr(_io, "MAX_JSON_HEADER", most)  # the index's and the shards' limit
