@@ -565,7 +565,7 @@ def _pieces_field(arch, shards, files, held):
     crc32)])}, checked in form, bounds and tiling before any shard is opened."""
     raw = arch.get("pieces", {})
     _typed(raw, dict, "archive.pieces")
-    out, names = {}, set(shards)
+    out, names = {}, set(shards) | set(raw)  # a piece's key is no tensor key (14.9)
     for key, rec in raw.items():
         where = f"archive.pieces[{key!r}]"
         _typed(rec, dict, where)
