@@ -200,10 +200,11 @@ def _told(e) -> dict:
             "msg": cut(f"{type(e).__name__}: {e}", 600), "key": None, "path": None}
 
 
-def _agree(procs, ident, failure, after=False):
+def _agree(procs, ident, failure, after=False, rollback=True):
     """Every process's outcome of one phase (reading and planning; or, ``after``, the
-    assignments), gathered; raise if any process failed. ``failure``: this process's own
-    exception (re-raised as it is), or None."""
+    assignments, rolled back on failure unless ``rollback`` is False), gathered; raise if any
+    process failed. ``failure``: this process's own exception (re-raised as it is), or
+    None."""
     mine = {"ident": ident, "error": _told(failure) if failure is not None else None}
     rows = [json.loads(r) for r in procs.gather(json.dumps(mine))]
     if failure is not None:
@@ -213,8 +214,9 @@ def _agree(procs, ident, failure, after=False):
         if e:
             cls = _ERRORS.get(e["class"], OptStateError)
             said = (f"process {i} of {procs.count} failed ({e['msg']}); " +
-                    ("every process restores what it assigned." if after else
-                     "no process assigned anything."))
+                    ("no process assigned anything." if not after else
+                     "every process restores what it assigned." if rollback else
+                     "rollback=False: every process keeps what it assigned."))
             err = cls(said, code=e["code"], path=e["path"])
             err.key = e["key"]
             raise err
@@ -263,7 +265,8 @@ def _import_collective(model, path, procs, *, optimizer, strict, mapping, includ
         failure = e
     _agree(procs, ident, failure)
     report.assigned = _journal.apply(adapter, assignments, rollback=rollback, owned=True,
-                                     agree=lambda failure: _agree(procs, ident, failure, True))
+                                     agree=lambda failure: _agree(procs, ident, failure, True,
+                                                                  rollback))
     return report
 
 

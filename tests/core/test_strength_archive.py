@@ -1000,7 +1000,7 @@ def test_a_collective_import_without_rollback_says_what_is_left(monkeypatch, spl
         "optimizer.")
     assert errors[1].msg.startswith(
         "assigning a variable failed (OptStateError: E_ASSIGN: process 0 of 2 failed "
-        "(RuntimeError: device lost); ")
+        "(RuntimeError: device lost); rollback=False: every process keeps what it assigned.)")
     assert errors[1].msg.endswith(") after 5 of 5 assignments; rollback=False, so the optimizer "
                                   "is partly updated. Import again, or re-create the optimizer.")
     assert adapters[1].calls == 5 and adapters[0].calls == 4
