@@ -160,6 +160,8 @@ def test_a_tensorflow_whose_private_modules_moved_stops_the_export_naming_its_ve
     fake.distribute = types.SimpleNamespace(MultiWorkerMirroredStrategy=MWMS,
                                             has_strategy=lambda: True, get_strategy=MWMS)
     monkeypatch.setitem(sys.modules, "tensorflow", fake)
+    for name in [n for n in sys.modules if n.startswith("tensorflow.")]:  # a real one loaded
+        monkeypatch.delitem(sys.modules, name)  # earlier in this process must not answer
     _tf_distribute._private.cache_clear()
     try:
         with pytest.raises(osf.UnsupportedError) as e:
