@@ -843,9 +843,8 @@ class Archive:
         for key, boxes in wanted.items():
             if key not in self.pieces:
                 arr = arrays.pop(key)
-                out[key] = arr if boxes is None else Regions(
-                    arr.shape, self.tensors[key][0],
-                    {box: arr[tuple(slice(a, b) for a, b in zip(*box))] for box in boxes})
+                out[key] = arr if boxes is None else Regions.cut(arr, self.tensors[key][0],
+                                                                 boxes)
                 continue
             dtype, shape, parts = self.pieces[key]
             regions = [((0,) * len(shape), shape)] if boxes is None else list(boxes)

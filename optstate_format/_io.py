@@ -1104,9 +1104,7 @@ class Lazy:
         out = {}
         for key, boxes in wanted.items():
             arr = arrays[key]
-            out[key] = arr if boxes is None else Regions(
-                arr.shape, cont.tensors[key][0],
-                {box: arr[tuple(slice(a, b) for a, b in zip(*box))] for box in boxes})
+            out[key] = arr if boxes is None else Regions.cut(arr, cont.tensors[key][0], boxes)
         return out
 
 
